@@ -1,0 +1,27 @@
+"""featx: verified ONNX export and high-throughput feature extraction for PyTorch models."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("featx")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0.0.0+source"
+
+from featx.errors import FeatxError, ParityError  # noqa: E402
+from featx.export import ExportResult, export  # noqa: E402
+from featx.metadata import ModelMetadata, Preprocess, read_metadata  # noqa: E402
+from featx.models import get_extractor, list_extractors, register_extractor  # noqa: E402
+
+__all__ = [
+    "ExportResult",
+    "FeatxError",
+    "ModelMetadata",
+    "ParityError",
+    "Preprocess",
+    "__version__",
+    "export",
+    "get_extractor",
+    "list_extractors",
+    "read_metadata",
+    "register_extractor",
+]

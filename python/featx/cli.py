@@ -1,0 +1,250 @@
+"""Command line: `featx <command>` and `featx-export`.
+
+Every user error prints one paragraph saying what was wrong and what to do, and exits 2
+(1 for a failed parity gate); nothing is written in either case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from featx.errors import FeatxError
+
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    from featx.export import DEFAULT_OPSET, EXPORTERS
+    from featx.models.registry import POOLINGS
+
+    parser.add_argument("model", help="model file: featx checkpoint, state_dict (.pt), .pt2")
+    parser.add_argument("-o", "--output", help="output .onnx path (default: MODEL with .onnx)")
+    parser.add_argument("--arch", help="architecture of a plain state_dict (`featx models`)")
+    parser.add_argument("--layer", help="feature layer: a node or module name (`featx layers`)")
+    parser.add_argument("--pool", choices=POOLINGS, help="pooling of the feature layer")
+    parser.add_argument("--normalize", action="store_true", help="L2-normalise embeddings")
+    parser.add_argument("--fp16", action="store_true", help="half-precision model file")
+    parser.add_argument("--fp16-io", action="store_true", help="with --fp16: half inputs/outputs")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 18)")
+    parser.add_argument("--input-size", type=int, help="square input size (default: the arch's)")
+    parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo", help="torch.onnx path")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow whole pickled nn.Modules and .pt2 programs (runs code from the file)",
+    )
+    parser.add_argument("--min-cosine", type=float, help="parity gate: minimum cosine")
+    parser.add_argument("--max-rel", type=float, help="parity gate: max-abs / feature scale")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from featx.export import export
+
+    with stderr.status("exporting") as status:
+        result = export(
+            args.model,
+            args.output,
+            arch=args.arch,
+            layer=args.layer,
+            pool=args.pool,
+            normalize=args.normalize,
+            fp16=args.fp16,
+            fp16_io=args.fp16_io,
+            opset=args.opset,
+            input_size=args.input_size,
+            exporter=args.exporter,
+            trust_pickle=args.trust_pickle,
+            min_cosine=args.min_cosine,
+            max_rel=args.max_rel,
+            on_stage=lambda text: status.update(text),
+        )
+    summary = {
+        "output": str(result.path),
+        "arch": result.metadata.arch,
+        "layer": result.metadata.layer,
+        "pooling": result.metadata.pooling,
+        "embedding_dim": result.metadata.embedding_dim,
+        "dtype": result.metadata.dtype,
+        "bn_folded": len(result.fold.folded),
+        "dropouts_removed": result.fold.dropouts_removed,
+        "fold_skipped": result.fold.skipped,
+        "file_bytes": result.file_bytes,
+        "convert_seconds": round(result.convert_seconds, 3),
+        "total_seconds": round(result.total_seconds, 3),
+        "parity": result.parity.to_dict(),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    table = Table(title="parity: ONNX Runtime (CPU) vs eager PyTorch fp32", title_justify="left")
+    for column in ("inputs", "rows", "max-abs", "max-abs/scale", "min cosine"):
+        table.add_column(column, justify="right")
+    for name, fig in result.parity.figures.items():
+        table.add_row(
+            name,
+            str(fig.rows),
+            f"{fig.max_abs:.3e}",
+            f"{fig.max_rel:.3e}",
+            f"{fig.min_cosine:.8f}",
+        )
+    stdout.print(table)
+    gate = result.parity.gate
+    rel = f", max-abs/scale <= {gate.max_rel:.0e}" if gate.max_rel is not None else ""
+    stdout.print(f"gate: cosine >= {gate.min_cosine}{rel}: passed")
+    for reason in result.fold.skipped:
+        stdout.print(f"[yellow]not folded[/]: {reason}")
+    stdout.print(
+        f"wrote {result.path} ({result.file_bytes / 2**20:.1f} MiB): {result.metadata.arch} "
+        f"layer {result.metadata.layer} pool {result.metadata.pooling} -> "
+        f"{result.metadata.embedding_dim}-d {result.metadata.dtype}; "
+        f"{len(result.fold.folded)} BatchNorm folded; "
+        f"converted in {result.convert_seconds:.1f}s, {result.total_seconds:.1f}s in all"
+    )
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from featx.metadata import read_metadata
+
+    metadata = read_metadata(args.model)
+    props = metadata.to_props()
+    if args.json:
+        print(json.dumps({key: json.loads(value) if value[:1] in "[{" else value
+                          for key, value in props.items()}, indent=2))
+        return 0
+    table = Table(title=str(args.model), title_justify="left", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for key, value in props.items():
+        table.add_row(key, value)
+    stdout.print(table)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from featx.models import get_extractor, list_extractors
+
+    rows = []
+    for name in list_extractors():
+        ex = get_extractor(name)
+        rows.append(
+            {
+                "name": name,
+                "layer": ex.layer,
+                "pool": ex.pool,
+                "dim": ex.feature_info.dim if ex.feature_info else None,
+                "stride": ex.feature_info.stride if ex.feature_info else None,
+                "input": ex.preprocess.crop_size,
+                "description": ex.description,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title="curated extractors (any torchvision classifier name works too)")
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(value) for value in row.values()))
+    stdout.print(table)
+    return 0
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    from featx.features import layer_names
+    from featx.models import get_extractor
+    from featx.models.checkpoint import load_model
+
+    if Path(args.model).exists():
+        module = load_model(args.model, arch=args.arch, trust_pickle=args.trust_pickle).module
+    else:
+        module = get_extractor(args.model).build_model()
+    for name in layer_names(module):
+        print(name)
+    return 0
+
+
+def _cmd_version(args: argparse.Namespace) -> int:
+    import onnx
+    import onnxruntime
+    import torch
+    import torchvision
+
+    from featx import __version__
+    from featx.runtime import native
+
+    runner = native()
+    print(f"featx {__version__}")
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, onnx {onnx.__version__}")
+    print(f"onnxruntime {onnxruntime.__version__} (python)")
+    print(
+        f"onnxruntime {runner.onnxruntime_version()} (native runner, "
+        f"{', '.join(runner.onnxruntime_providers())}) from {runner.onnxruntime_library_path()}"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="featx", description="featx feature extraction engine")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    export = commands.add_parser("export", help="checkpoint -> verified ONNX (= featx-export)")
+    _add_export_arguments(export)
+    export.set_defaults(run=_cmd_export)
+
+    inspect = commands.add_parser("inspect", help="print an exported model's featx metadata")
+    inspect.add_argument("model", help="an .onnx file written by featx-export")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(run=_cmd_inspect)
+
+    models = commands.add_parser("models", help="list the curated extractors")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(run=_cmd_models)
+
+    layers = commands.add_parser("layers", help="list valid --layer names of an arch or file")
+    layers.add_argument("model", help="an arch name or a model file")
+    layers.add_argument("--arch", help="architecture of a plain state_dict")
+    layers.add_argument("--trust-pickle", action="store_true")
+    layers.set_defaults(run=_cmd_layers)
+
+    version = commands.add_parser("version", help="versions of featx and its runtime")
+    version.set_defaults(run=_cmd_version)
+    return parser
+
+
+def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    try:
+        return handler(args)
+    except FeatxError as err:
+        stderr.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        return err.exit_code
+    except KeyboardInterrupt:
+        stderr.print("interrupted; nothing was written")
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _run(args.run, args)
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="featx-export",
+        description="Export a PyTorch checkpoint to a verified, self-describing ONNX file.",
+    )
+    _add_export_arguments(parser)
+    return _run(_cmd_export, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Real data that ships inside installed packages (no downloads): photos and digits."""

@@ -1,0 +1,18 @@
+"""Real photographs for parity checks: the sample images bundled with scikit-learn."""
+
+from __future__ import annotations
+
+import functools
+
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+
+@functools.cache
+def _arrays() -> tuple:
+    return tuple(load_sample_images().images)
+
+
+def sample_photos() -> list[Image.Image]:
+    """scikit-learn's sample photos (a temple in China and a flower, 640x427 RGB)."""
+    return [Image.fromarray(array) for array in _arrays()]

@@ -1,0 +1,324 @@
+"""featx-export: checkpoint -> verified, self-describing ONNX file.
+
+load -> cut at the feature layer + pool -> fold BatchNorm, drop dropout -> torch.onnx (dynamic
+batch) -> parity against the unfolded eager model on random inputs and real photos -> metadata
+-> atomic write. Nothing is written unless every step passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import fx, nn
+
+from featx import __version__
+from featx.errors import FeatxError, ParityError
+from featx.features import FeatureLayout, build_feature_model
+from featx.fold import FoldReport, fold_batchnorm
+from featx.metadata import ModelMetadata, Preprocess
+from featx.models.checkpoint import load_model
+from featx.parity import ParityGate, ParityReport, compare, parity_inputs
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 18
+EXPORTERS = ("dynamo", "torchscript")
+INPUT_NAME = "images"
+OUTPUT_NAME = "embeddings"
+MAX_BATCH = 4096
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What featx-export produced and measured."""
+
+    path: Path
+    metadata: ModelMetadata
+    parity: ParityReport
+    fold: FoldReport
+    layout: FeatureLayout
+    convert_seconds: float
+    total_seconds: float
+    file_bytes: int
+
+
+class HalfPrecision(nn.Module):
+    """Runs ``model`` in float16; inputs and outputs stay float32 unless ``half_io``."""
+
+    def __init__(self, model: nn.Module, half_io: bool):
+        super().__init__()
+        self.model = model.half()
+        self.half_io = half_io
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        embeddings = self.model(images.to(torch.float16))
+        return embeddings if self.half_io else embeddings.float()
+
+
+def export(
+    model: str | Path,
+    output: str | Path | None = None,
+    *,
+    arch: str | None = None,
+    layer: str | None = None,
+    pool: str | None = None,
+    normalize: bool = False,
+    fp16: bool = False,
+    fp16_io: bool = False,
+    opset: int = DEFAULT_OPSET,
+    input_size: int | None = None,
+    exporter: str = "dynamo",
+    trust_pickle: bool = False,
+    min_cosine: float | None = None,
+    max_rel: float | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Exports ``model`` (a model file) to a verified ONNX file and returns what was measured.
+
+    Raises FeatxError for bad input (nothing written) and ParityError when ONNX Runtime's output
+    leaves the parity gate (nothing written; the figures are in the message).
+    """
+    started = time.perf_counter()
+    stage = on_stage or (lambda _: None)
+    model_path = Path(model)
+    out_path = Path(output) if output is not None else model_path.with_suffix(".onnx")
+    _check_options(out_path, opset, exporter, input_size, fp16, fp16_io)
+
+    stage("loading model")
+    loaded = load_model(model_path, arch=arch, trust_pickle=trust_pickle)
+    extractor = loaded.extractor
+    preprocess = (
+        extractor.preprocess
+        if input_size is None
+        else Preprocess.for_crop(input_size, extractor.preprocess)
+    )
+    stage("selecting feature layer")
+    reference, layout = build_feature_model(
+        loaded.module,
+        layer=layer if layer is not None else extractor.layer,
+        pool=pool if pool is not None else extractor.pool,
+        normalize=normalize,
+        input_size=preprocess.crop_size,
+    )
+
+    stage("folding BatchNorm")
+    inference = copy.deepcopy(reference)
+    if isinstance(inference.body, fx.GraphModule):
+        fold = fold_batchnorm(inference.body)
+    else:
+        fold = FoldReport(skipped=["model is not traceable by torch.fx; nothing folded"])
+    if fp16:
+        inference = HalfPrecision(inference, half_io=fp16_io).eval()
+
+    stage(f"converting to ONNX ({exporter})")
+    convert_started = time.perf_counter()
+    proto = _convert(inference, preprocess.crop_size, opset, exporter)
+    convert_seconds = time.perf_counter() - convert_started
+    if proto.ByteSize() >= _PROTOBUF_LIMIT:
+        raise FeatxError(
+            f"the exported model is {proto.ByteSize() / 2**30:.1f} GiB, over ONNX's 2 GiB "
+            "single-file limit; export a smaller feature layer or use --fp16."
+        )
+
+    stage("checking parity with eager PyTorch")
+    gate = ParityGate.default(fp16)
+    gate = ParityGate(
+        min_cosine if min_cosine is not None else gate.min_cosine,
+        max_rel if max_rel is not None else gate.max_rel,
+    )
+    report = check_parity(reference, proto, parity_inputs(preprocess), gate, half_io=fp16_io)
+    if not report.passed:
+        raise ParityError(_parity_message(report))
+
+    metadata = ModelMetadata(
+        featx_version=__version__,
+        arch=loaded.arch,
+        layer=layout.layer,
+        pooling=reference.pool.kind,
+        normalize=normalize,
+        preprocess=preprocess,
+        embedding_dim=layout.embedding_dim,
+        dtype="float16" if fp16 else "float32",
+        io_dtype="float16" if fp16_io else "float32",
+        opset=opset,
+        bn_folded=len(fold.folded),
+        source={**loaded.source, "exporter": exporter, "torch": torch.__version__},
+        parity=report.to_dict(),
+    )
+    onnx.helper.set_model_props(proto, metadata.to_props())
+    stage("writing")
+    _write_atomic(proto, out_path)
+    return ExportResult(
+        path=out_path,
+        metadata=metadata,
+        parity=report,
+        fold=fold,
+        layout=layout,
+        convert_seconds=convert_seconds,
+        total_seconds=time.perf_counter() - started,
+        file_bytes=out_path.stat().st_size,
+    )
+
+
+def check_parity(
+    reference: nn.Module,
+    proto: onnx.ModelProto,
+    inputs: dict[str, torch.Tensor],
+    gate: ParityGate,
+    half_io: bool = False,
+) -> ParityReport:
+    """Runs each input set through eager ``reference`` (fp32) and ONNX Runtime's CPU provider."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    figures = {}
+    for name, batch in inputs.items():
+        with torch.no_grad():
+            expected = reference(batch).numpy()
+        feed = batch.numpy().astype(np.float16 if half_io else np.float32)
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: feed})[0]
+        figures[name] = compare(expected, got.astype(np.float32))
+    return ParityReport(gate, figures)
+
+
+def _check_options(
+    out_path: Path, opset: int, exporter: str, input_size: int | None, fp16: bool, fp16_io: bool
+) -> None:
+    if not out_path.parent.is_dir():
+        raise FeatxError(f"output folder {out_path.parent} does not exist; create it first.")
+    if out_path.is_dir():
+        raise FeatxError(f"output {out_path} is a folder; give a file name such as model.onnx.")
+    if opset < MIN_OPSET:
+        raise FeatxError(f"--opset {opset} is too old; featx exports opset {MIN_OPSET} or newer.")
+    if exporter not in EXPORTERS:
+        raise FeatxError(f"unknown exporter {exporter!r}; choose {' or '.join(EXPORTERS)}.")
+    if input_size is not None and input_size < 8:
+        raise FeatxError(f"--input-size {input_size} is too small; use 8 pixels or more.")
+    if fp16_io and not fp16:
+        raise FeatxError("--fp16-io needs --fp16 (half-precision inputs feed a half model).")
+
+
+def _convert(model: nn.Module, size: int, opset: int, exporter: str) -> onnx.ModelProto:
+    example = torch.randn(2, 3, size, size)
+    if isinstance(model, HalfPrecision) and model.half_io:
+        example = example.half()
+    try:
+        return _run_exporter(model, example, opset, exporter)
+    except Exception as err:
+        op = _failing_op(err)
+        where = f" at op {op}" if op else ""
+        summary = f"torch.onnx ({exporter} exporter) could not export the model{where}: "
+        summary += _error_line(err)
+        fallback = "torchscript" if exporter == "dynamo" else "dynamo"
+        try:
+            _run_exporter(model, example, opset, fallback)
+        except Exception:
+            advice = (
+                f" The {fallback} exporter fails too, so the op has no ONNX translation here: "
+                "replace it in the model, or pick an earlier --layer."
+            )
+        else:
+            advice = f" The {fallback} exporter handles this model: rerun with --exporter {fallback}."
+        raise FeatxError(summary + "." + advice) from err
+
+
+def _run_exporter(
+    model: nn.Module, example: torch.Tensor, opset: int, exporter: str
+) -> onnx.ModelProto:
+    """One export attempt, with torch.onnx's progress chatter kept off the user's terminal."""
+    chatter = io.StringIO()
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(chatter),
+        contextlib.redirect_stderr(chatter),
+    ):
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes={INPUT_NAME: {0: batch}},
+                external_data=False,
+            )
+            return program.model_proto
+        buffer = io.BytesIO()
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+        return onnx.load_from_string(buffer.getvalue())
+
+
+_OP_PATTERNS = (
+    re.compile(r"op='([\w.:]+)'"),
+    re.compile(r"operator '([\w.:]+)'"),
+    re.compile(r"target=torch\.ops\.([\w.]+)"),
+)
+
+
+def _failing_op(err: BaseException) -> str | None:
+    seen: BaseException | None = err
+    while seen is not None:
+        for pattern in _OP_PATTERNS:
+            match = pattern.search(str(seen))
+            if match:
+                return match.group(1).removesuffix(".default")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _error_line(err: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    summary = re.search(r"<class '[\w.]+'>: (.+)", text)
+    line = summary.group(1) if summary else (text.splitlines()[0] if text else "")
+    return f"{type(err).__name__}: {line}"[:400].rstrip(".")
+
+
+def _parity_message(report: ParityReport) -> str:
+    rows = "; ".join(
+        f"{name}: max-abs {f.max_abs:.3e}, max-abs/scale {f.max_rel:.3e}, "
+        f"min cosine {f.min_cosine:.7f}"
+        for name, f in report.figures.items()
+    )
+    return (
+        "parity check failed, nothing written: ONNX Runtime's features differ from eager "
+        f"PyTorch beyond the gate ({'; '.join(report.failures)}). Figures: {rows}. If the "
+        "difference is expected (e.g. --fp16), loosen the gate with --min-cosine/--max-rel."
+    )
+
+
+def _write_atomic(proto: onnx.ModelProto, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

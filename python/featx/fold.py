@@ -1,0 +1,128 @@
+"""Inference-time graph surgery in PyTorch: BatchNorm folded into the preceding conv or linear
+layer, dropout removed. Works on torch.fx graphs whose layers are modules (call_module nodes)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+@dataclass
+class FoldReport:
+    """What fold_batchnorm changed and what it left alone (with the reason)."""
+
+    folded: list[tuple[str, str]] = field(default_factory=list)
+    dropouts_removed: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def folded_weights(
+    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of ``layer -> bn`` as one layer, computed in float64 so folding adds no
+    rounding beyond the final cast. Output channels are dim 0 of ``weight``."""
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()
+    shift = -bn.running_mean.double() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.double()
+    if bias is not None:
+        shift = shift + bias.double() * scale
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    return (
+        (weight.double() * scale.reshape(shape)).to(weight.dtype),
+        shift.to(weight.dtype),
+    )
+
+
+def fold_batchnorm(graph_module: fx.GraphModule) -> FoldReport:
+    """Folds every eval-mode ``conv/linear -> batchnorm`` pair in place and drops dropout nodes.
+
+    A pair is folded only when the BatchNorm is the layer's sole consumer and the layer module is
+    not reused elsewhere in the graph, so no other path sees the changed weights.
+    """
+    report = FoldReport()
+    modules = dict(graph_module.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph_module.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+
+    for node in list(graph_module.graph.nodes):
+        if node.op != "call_module":
+            continue
+        module = modules[node.target]
+        if isinstance(module, _DROPOUTS):
+            node.replace_all_uses_with(node.args[0])
+            graph_module.graph.erase_node(node)
+            report.dropouts_removed += 1
+            continue
+        if not isinstance(module, _BATCHNORMS):
+            continue
+        reason = _unfoldable(node, module, modules, calls)
+        if reason:
+            report.skipped.append(f"{node.target}: {reason}")
+            continue
+        producer = node.args[0]
+        layer = modules[producer.target]
+        fused = copy.deepcopy(layer)
+        weight, bias = folded_weights(layer.weight.detach(), _bias(layer), module)
+        fused.weight = nn.Parameter(weight, requires_grad=False)
+        fused.bias = nn.Parameter(bias, requires_grad=False)
+        _replace_submodule(graph_module, producer.target, fused)
+        modules[producer.target] = fused
+        node.replace_all_uses_with(producer)
+        graph_module.graph.erase_node(node)
+        report.folded.append((producer.target, node.target))
+
+    graph_module.graph.eliminate_dead_code()
+    graph_module.delete_all_unused_submodules()
+    graph_module.recompile()
+    return report
+
+
+def _unfoldable(
+    node: fx.Node,
+    bn: nn.modules.batchnorm._BatchNorm,
+    modules: dict[str, nn.Module],
+    calls: dict[str, int],
+) -> str | None:
+    if bn.training:
+        return "BatchNorm in training mode"
+    if bn.running_mean is None or bn.running_var is None:
+        return "BatchNorm without running statistics"
+    producer = node.args[0] if node.args else None
+    if not isinstance(producer, fx.Node) or producer.op != "call_module":
+        return "input is not a conv or linear module"
+    layer = modules[producer.target]
+    if isinstance(layer, _CONVS):
+        if isinstance(bn, nn.BatchNorm1d) and not isinstance(layer, nn.Conv1d):
+            return "BatchNorm1d after a 2-D/3-D conv"
+    elif isinstance(layer, nn.Linear):
+        if not isinstance(bn, nn.BatchNorm1d):
+            return "linear layer followed by a 2-D/3-D BatchNorm"
+    else:
+        return f"input is a {type(layer).__name__}, not a conv or linear layer"
+    if len(producer.users) != 1:
+        return f"{producer.target} output is also used elsewhere"
+    if calls.get(producer.target, 0) != 1:
+        return f"{producer.target} is called more than once (shared weights)"
+    return None
+
+
+def _bias(layer: nn.Module) -> torch.Tensor | None:
+    return layer.bias.detach() if layer.bias is not None else None
+
+
+def _replace_submodule(root: nn.Module, target: str, new: nn.Module) -> None:
+    parent_name, _, child = target.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
