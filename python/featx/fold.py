@@ -44,12 +44,20 @@ def folded_weights(
 
 
 def fold_batchnorm(graph_module: fx.GraphModule) -> FoldReport:
-    """Folds every eval-mode ``conv/linear -> batchnorm`` pair in place and drops dropout nodes.
+    """Folds every eval-mode ``conv/linear -> batchnorm`` pair in place and drops dropout.
 
-    A pair is folded only when the BatchNorm is the layer's sole consumer and the layer module is
-    not reused elsewhere in the graph, so no other path sees the changed weights.
+    Pairs are found as graph nodes and, inside modules the tracer keeps whole (torchvision's
+    Conv2dNormActivation, say), as consecutive children of an nn.Sequential. A pair is folded
+    only when the BatchNorm is the layer's sole consumer and the layer module is not reused
+    elsewhere, so no other path sees the changed weights.
     """
     report = FoldReport()
+    _fold_graph_nodes(graph_module, report)
+    _fold_inside_sequentials(graph_module, report)
+    return report
+
+
+def _fold_graph_nodes(graph_module: fx.GraphModule, report: FoldReport) -> None:
     modules = dict(graph_module.named_modules())
     calls: dict[str, int] = {}
     for node in graph_module.graph.nodes:
@@ -86,7 +94,46 @@ def fold_batchnorm(graph_module: fx.GraphModule) -> FoldReport:
     graph_module.graph.eliminate_dead_code()
     graph_module.delete_all_unused_submodules()
     graph_module.recompile()
-    return report
+
+
+def _fold_inside_sequentials(root: nn.Module, report: FoldReport) -> None:
+    uses: dict[int, int] = {}
+    for _, module in root.named_modules(remove_duplicate=False):
+        uses[id(module)] = uses.get(id(module), 0) + 1
+    for name, sequential in root.named_modules():
+        if not isinstance(sequential, nn.Sequential):
+            continue
+        children = list(sequential.named_children())
+        for (layer_key, layer), (bn_key, bn) in zip(children, children[1:]):
+            if not isinstance(bn, _BATCHNORMS) or not _pairs(layer, bn):
+                continue
+            where = f"{name}.{bn_key}" if name else bn_key
+            if bn.training or bn.running_mean is None or bn.running_var is None:
+                report.skipped.append(f"{where}: BatchNorm in training mode or without statistics")
+                continue
+            if uses[id(layer)] != 1:
+                report.skipped.append(f"{where}: its layer is shared (used more than once)")
+                continue
+            fused = copy.deepcopy(layer)
+            weight, bias = folded_weights(layer.weight.detach(), _bias(layer), bn)
+            fused.weight = nn.Parameter(weight, requires_grad=False)
+            fused.bias = nn.Parameter(bias, requires_grad=False)
+            setattr(sequential, layer_key, fused)
+            setattr(sequential, bn_key, nn.Identity())
+            report.folded.append((f"{name}.{layer_key}" if name else layer_key, where))
+        for key, child in children:
+            if isinstance(child, _DROPOUTS):
+                setattr(sequential, key, nn.Identity())
+                report.dropouts_removed += 1
+
+
+def _pairs(layer: nn.Module, bn: nn.Module) -> bool:
+    """Whether ``bn`` normalises the output channels of ``layer`` directly."""
+    if isinstance(layer, nn.Conv1d) or isinstance(layer, nn.Linear):
+        return isinstance(bn, nn.BatchNorm1d)
+    if isinstance(layer, nn.Conv2d):
+        return isinstance(bn, nn.BatchNorm2d)
+    return isinstance(layer, nn.Conv3d) and isinstance(bn, nn.BatchNorm3d)
 
 
 def _unfoldable(
@@ -103,14 +150,10 @@ def _unfoldable(
     if not isinstance(producer, fx.Node) or producer.op != "call_module":
         return "input is not a conv or linear module"
     layer = modules[producer.target]
-    if isinstance(layer, _CONVS):
-        if isinstance(bn, nn.BatchNorm1d) and not isinstance(layer, nn.Conv1d):
-            return "BatchNorm1d after a 2-D/3-D conv"
-    elif isinstance(layer, nn.Linear):
-        if not isinstance(bn, nn.BatchNorm1d):
-            return "linear layer followed by a 2-D/3-D BatchNorm"
-    else:
+    if not isinstance(layer, (*_CONVS, nn.Linear)):
         return f"input is a {type(layer).__name__}, not a conv or linear layer"
+    if not _pairs(layer, bn):
+        return f"{type(bn).__name__} does not match {type(layer).__name__}'s output"
     if len(producer.users) != 1:
         return f"{producer.target} output is also used elsewhere"
     if calls.get(producer.target, 0) != 1:
