@@ -7,10 +7,10 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+source"
 
-from featx.errors import FeatxError, ParityError  # noqa: E402
-from featx.export import ExportResult, export  # noqa: E402
-from featx.metadata import ModelMetadata, Preprocess, read_metadata  # noqa: E402
-from featx.models import get_extractor, list_extractors, register_extractor  # noqa: E402
+from featx.errors import FeatxError, ParityError
+from featx.export import ExportResult, export
+from featx.metadata import ModelMetadata, Preprocess, read_metadata
+from featx.models import get_extractor, list_extractors, register_extractor
 
 __all__ = [
     "ExportResult",

@@ -118,8 +118,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     metadata = read_metadata(args.model)
     props = metadata.to_props()
     if args.json:
-        print(json.dumps({key: json.loads(value) if value[:1] in "[{" else value
-                          for key, value in props.items()}, indent=2))
+        print(
+            json.dumps(
+                {
+                    key: json.loads(value) if value[:1] in "[{" else value
+                    for key, value in props.items()
+                },
+                indent=2,
+            )
+        )
         return 0
     table = Table(title=str(args.model), title_justify="left", show_header=False)
     table.add_column("key", style="bold")
@@ -184,12 +191,21 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
     runner = native()
     print(f"featx {__version__}")
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, onnx {onnx.__version__}")
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, onnx {onnx.__version__}"
+    )
     print(f"onnxruntime {onnxruntime.__version__} (python)")
     print(
         f"onnxruntime {runner.onnxruntime_version()} (native runner, "
         f"{', '.join(runner.onnxruntime_providers())}) from {runner.onnxruntime_library_path()}"
     )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from featx.demo import run_demo
+
+    run_demo(args.output, epochs=args.epochs, console=stdout)
     return 0
 
 
@@ -215,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--arch", help="architecture of a plain state_dict")
     layers.add_argument("--trust-pickle", action="store_true")
     layers.set_defaults(run=_cmd_layers)
+
+    demo = commands.add_parser("demo", help="end-to-end run on real digits (CPU, ~1 min)")
+    demo.add_argument("-o", "--output", default="featx-demo", help="output folder")
+    demo.add_argument("--epochs", type=int, default=4)
+    demo.set_defaults(run=_cmd_demo)
 
     version = commands.add_parser("version", help="versions of featx and its runtime")
     version.set_defaults(run=_cmd_version)

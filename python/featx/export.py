@@ -235,7 +235,9 @@ def _convert(model: nn.Module, size: int, opset: int, exporter: str) -> onnx.Mod
                 "replace it in the model, or pick an earlier --layer."
             )
         else:
-            advice = f" The {fallback} exporter handles this model: rerun with --exporter {fallback}."
+            advice = (
+                f" The {fallback} exporter handles this model: rerun with --exporter {fallback}."
+            )
         raise FeatxError(summary + "." + advice) from err
 
 

@@ -152,7 +152,7 @@ def _stride(shape: tuple[int, ...], input_size: int) -> int:
     if len(shape) == 3 and shape[-1] > 1:
         return input_size // shape[-1]
     if len(shape) == 2:
-        grid = int(round((shape[0] - 1) ** 0.5))
+        grid = round((shape[0] - 1) ** 0.5)
         if grid > 0 and grid * grid == shape[0] - 1:
             return input_size // grid
     return 0

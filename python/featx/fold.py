@@ -4,6 +4,7 @@ layer, dropout removed. Works on torch.fx graphs whose layers are modules (call_
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -104,7 +105,7 @@ def _fold_inside_sequentials(root: nn.Module, report: FoldReport) -> None:
         if not isinstance(sequential, nn.Sequential):
             continue
         children = list(sequential.named_children())
-        for (layer_key, layer), (bn_key, bn) in zip(children, children[1:]):
+        for (layer_key, layer), (bn_key, bn) in itertools.pairwise(children):
             if not isinstance(bn, _BATCHNORMS) or not _pairs(layer, bn):
                 continue
             where = f"{name}.{bn_key}" if name else bn_key
@@ -129,7 +130,7 @@ def _fold_inside_sequentials(root: nn.Module, report: FoldReport) -> None:
 
 def _pairs(layer: nn.Module, bn: nn.Module) -> bool:
     """Whether ``bn`` normalises the output channels of ``layer`` directly."""
-    if isinstance(layer, nn.Conv1d) or isinstance(layer, nn.Linear):
+    if isinstance(layer, (nn.Conv1d, nn.Linear)):
         return isinstance(bn, nn.BatchNorm1d)
     if isinstance(layer, nn.Conv2d):
         return isinstance(bn, nn.BatchNorm2d)

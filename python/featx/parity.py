@@ -80,7 +80,9 @@ class ParityReport:
 def compare(reference: np.ndarray, candidate: np.ndarray) -> ParityFigures:
     """Figures for ``candidate`` against ``reference``, both (rows, dim), computed in float64."""
     if reference.shape != candidate.shape:
-        raise ValueError(f"shape mismatch: reference {reference.shape}, candidate {candidate.shape}")
+        raise ValueError(
+            f"shape mismatch: reference {reference.shape}, candidate {candidate.shape}"
+        )
     ref = reference.astype(np.float64).reshape(len(reference), -1)
     got = candidate.astype(np.float64).reshape(len(candidate), -1)
     max_abs = float(np.abs(ref - got).max()) if ref.size else 0.0

@@ -23,7 +23,9 @@ def onnxruntime_library() -> Path:
             "`pip install onnxruntime-gpu` (CUDA)."
         )
     capi = Path(next(iter(spec.submodule_search_locations))) / "capi"
-    candidates = sorted(capi.glob("libonnxruntime.so*")) + sorted(capi.glob("libonnxruntime*.dylib"))
+    candidates = sorted(capi.glob("libonnxruntime.so*")) + sorted(
+        capi.glob("libonnxruntime*.dylib")
+    )
     if not candidates:
         raise FeatxError(
             f"no ONNX Runtime shared library in {capi}; reinstall the onnxruntime package."

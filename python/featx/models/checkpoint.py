@@ -157,9 +157,13 @@ def _build_and_load(
     model = extractor.build_model(num_classes)
     head = _final_linear_name(model)
     head_weight = state_dict.get(f"{head}.weight") if head else None
-    if num_classes is None and head_weight is not None and head_weight.dim() == 2:
-        if head_weight.shape[0] != model.get_submodule(head).out_features:
-            model = extractor.build_model(int(head_weight.shape[0]))
+    if (
+        num_classes is None
+        and head_weight is not None
+        and head_weight.dim() == 2
+        and head_weight.shape[0] != model.get_submodule(head).out_features
+    ):
+        model = extractor.build_model(int(head_weight.shape[0]))
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -220,8 +224,42 @@ def _load_exported_program(
             f"{path} is not a loadable torch.export program "
             f"({type(err).__name__}: {_first_line(err)})"
         ) from err
-    module = program.module()
+    _require_dynamic_batch(program, path)
+    module = ExportedProgramModel(program.module())
     return LoadedModel(module, _untyped_extractor(module, arch), {**source, "kind": "pt2"})
+
+
+def _require_dynamic_batch(program: torch.export.ExportedProgram, path: Path) -> None:
+    user_inputs = program.graph_signature.user_inputs
+    if len(user_inputs) != 1:
+        raise FeatxError(
+            f"{path} takes {len(user_inputs)} inputs; a featx model takes one image batch."
+        )
+    node = next(n for n in program.graph.nodes if n.name == user_inputs[0])
+    shape = node.meta["val"].shape
+    if len(shape) != 4 or isinstance(shape[0], int):
+        raise FeatxError(
+            f"{path} was exported for inputs of fixed shape {tuple(shape)}; featx needs a "
+            "(batch, 3, H, W) input with a dynamic batch axis. Re-export with "
+            "torch.export.export(model, (x,), dynamic_shapes={'x': {0: torch.export.Dim('batch')}})"
+            " (using your forward's argument name)."
+        )
+
+
+class ExportedProgramModel(nn.Module):
+    """A torch.export program as an nn.Module. Its graph was captured in one mode for good, so
+    train()/eval() only set the flag (the program's own module refuses them)."""
+
+    def __init__(self, program_module: nn.Module):
+        super().__init__()
+        self.program = program_module
+
+    def train(self, mode: bool = True) -> ExportedProgramModel:
+        self.training = mode
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.program(images)
 
 
 def _untyped_extractor(module: nn.Module, arch: str | None) -> Extractor:

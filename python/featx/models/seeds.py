@@ -174,7 +174,9 @@ class SimSiam(nn.Module):
     ``forward`` returns the projection z; training calls ``predictor`` on it for p.
     """
 
-    def __init__(self, encoder: nn.Module, encoder_dim: int, proj_dim: int = 128, pred_dim: int = 32):
+    def __init__(
+        self, encoder: nn.Module, encoder_dim: int, proj_dim: int = 128, pred_dim: int = 32
+    ):
         super().__init__()
         self.encoder = encoder
         self.projector = nn.Sequential(
@@ -195,7 +197,7 @@ class SimSiam(nn.Module):
         return self.projector(self.encoder(images))
 
 
-def _register_seed(name: str, layer: str, pool: str, dim: int, stride: int, description: str):  # noqa: ANN202
+def _register_seed(name: str, layer: str, pool: str, dim: int, stride: int, description: str):
     return register_extractor(
         name,
         layer=layer,
@@ -206,7 +208,9 @@ def _register_seed(name: str, layer: str, pool: str, dim: int, stride: int, desc
     )
 
 
-@_register_seed("small_cnn", "embed", "none", 128, 0, "seed CNN (conv-pool-conv-pool-fc), fc embedding")
+@_register_seed(
+    "small_cnn", "embed", "none", 128, 0, "seed CNN (conv-pool-conv-pool-fc), fc embedding"
+)
 def build_small_cnn(num_classes: int | None = None) -> nn.Module:
     return SmallCNN(num_classes or DEFAULT_NUM_CLASSES)
 
@@ -226,11 +230,15 @@ def build_transformer_encoder(num_classes: int | None = None) -> nn.Module:
     return PatchTransformer(num_classes or DEFAULT_NUM_CLASSES)
 
 
-@_register_seed("conv_autoencoder", "encoder", "none", 256, 8, "seed conv autoencoder, encoder code")
+@_register_seed(
+    "conv_autoencoder", "encoder", "none", 256, 8, "seed conv autoencoder, encoder code"
+)
 def build_conv_autoencoder(num_classes: int | None = None) -> nn.Module:
     return ConvAutoencoder()
 
 
-@_register_seed("simsiam_cnn", "encoder", "none", 128, 0, "seed SimSiam, encoder (projector dropped)")
+@_register_seed(
+    "simsiam_cnn", "encoder", "none", 128, 0, "seed SimSiam, encoder (projector dropped)"
+)
 def build_simsiam_cnn(num_classes: int | None = None) -> nn.Module:
     return SimSiam(small_conv_trunk(128), encoder_dim=128)

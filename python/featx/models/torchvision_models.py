@@ -34,7 +34,7 @@ def default_preprocess(name: str) -> Preprocess:
     )
 
 
-def _builder(name: str):  # noqa: ANN202 - returns the registry's build callable
+def _builder(name: str):
     def build(num_classes: int | None = None) -> nn.Module:
         return get_model(name, weights=None, num_classes=num_classes or 1000)
 

@@ -1,0 +1,32 @@
+import os
+
+# Triton kernels run on the CPU interpreter; it must be chosen before triton is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch
+
+from featx.models import get_extractor
+from featx.models.checkpoint import save_checkpoint
+from featx.testing.models import randomize_batchnorm
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def make_checkpoint(tmp_path):
+    """Writes a featx checkpoint of a registered arch with trained-looking BatchNorm stats."""
+
+    def make(arch: str, name: str | None = None, seed: int = 0):
+        torch.manual_seed(seed)
+        model = randomize_batchnorm(get_extractor(arch).build_model(), seed)
+        return save_checkpoint(tmp_path / (name or f"{arch}.pt"), model, arch), model
+
+    return make
