@@ -36,6 +36,7 @@ format: setup
 
 bench-export: setup
 	$(PY) benchmarks/export_report.py --output benchmarks/results/export-cpu.json
+	$(PY) benchmarks/export_report.py --fp16 --output benchmarks/results/export-cpu-fp16.json
 
 clean:
 	rm -rf build featx-demo .pytest_cache .ruff_cache

@@ -79,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = []
-    console = Console()
+    console = Console(width=160)
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.arch or list_extractors():
             with console.status(f"exporting {arch}"):

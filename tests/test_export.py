@@ -9,6 +9,7 @@ import featx
 from featx.features import build_feature_model
 from featx.metadata import read_metadata
 from featx.models import get_extractor, list_extractors
+from featx.ort_config import cpu_session
 from featx.parity import FP16_MIN_COSINE, FP32_MAX_REL, FP32_MIN_COSINE, compare
 
 
@@ -61,7 +62,8 @@ def test_every_registered_extractor_exports_within_the_parity_gate(arch, make_ch
     assert set(metadata.parity) >= {"random", "photos", "gate"}
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "transformer_encoder"])
+# vit_b_16: ORT 1.31 crashed creating a session for it under ORT_ENABLE_ALL (see ort_config).
+@pytest.mark.parametrize("arch", ["resnet18", "transformer_encoder", "vit_b_16"])
 def test_fp16_export_halves_the_weights_and_stays_within_the_fp16_gate(arch, make_checkpoint):
     checkpoint, model = make_checkpoint(arch)
     fp32 = featx.export(checkpoint, checkpoint.with_name("fp32.onnx"))
@@ -78,7 +80,7 @@ def test_fp16_export_halves_the_weights_and_stays_within_the_fp16_gate(arch, mak
 
     size = get_extractor(arch).preprocess.crop_size
     batch = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(3))
-    got = _session(fp16.path).run(None, {"images": batch.numpy()})[0]
+    got = cpu_session(fp16.path, "float16").run(None, {"images": batch.numpy()})[0]
     assert got.dtype == np.float32
     assert compare(_eager_features(model, arch, batch), got).min_cosine >= FP16_MIN_COSINE
 

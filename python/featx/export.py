@@ -29,6 +29,7 @@ from featx.features import FeatureLayout, build_feature_model
 from featx.fold import FoldReport, fold_batchnorm
 from featx.metadata import ModelMetadata, Preprocess
 from featx.models.checkpoint import load_model
+from featx.ort_config import cpu_session
 from featx.parity import ParityGate, ParityReport, compare, parity_inputs
 
 DEFAULT_OPSET = 18
@@ -138,7 +139,9 @@ def export(
         min_cosine if min_cosine is not None else gate.min_cosine,
         max_rel if max_rel is not None else gate.max_rel,
     )
-    report = check_parity(reference, proto, parity_inputs(preprocess), gate, half_io=fp16_io)
+    report = check_parity(
+        reference, proto, parity_inputs(preprocess), gate, fp16=fp16, half_io=fp16_io
+    )
     if not report.passed:
         raise ParityError(_parity_message(report))
 
@@ -177,17 +180,12 @@ def check_parity(
     proto: onnx.ModelProto,
     inputs: dict[str, torch.Tensor],
     gate: ParityGate,
+    fp16: bool = False,
     half_io: bool = False,
 ) -> ParityReport:
-    """Runs each input set through eager ``reference`` (fp32) and ONNX Runtime's CPU provider."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    """Runs each input set through eager ``reference`` (fp32) and ONNX Runtime's CPU provider,
+    configured as the runner configures it."""
+    session = cpu_session(proto.SerializeToString(), "float16" if fp16 else "float32")
     figures = {}
     for name, batch in inputs.items():
         with torch.no_grad():
