@@ -50,6 +50,7 @@ std::unique_ptr<featx::Session> open_session(const std::string& path, const std:
   config.intra_op_threads = threads;
   config.optimization_level = optimization;
   config.memory_arena = arena;
+  config.allow_spinning = spinning;
   py::gil_scoped_release release;
   return std::make_unique<featx::Session>(config);
 }
@@ -69,7 +70,8 @@ PYBIND11_MODULE(_runner, m) {
 
   py::class_<featx::Session>(m, "Session")
       .def(py::init(&open_session), py::arg("model_path"), py::arg("device") = "cpu",
-           py::arg("threads") = 0, py::arg("optimization") = "all", py::arg("memory_arena") = true)
+           py::arg("threads") = 0, py::arg("optimization") = "all", py::arg("memory_arena") = true,
+           py::arg("spinning") = true)
       .def("run", &run_session, py::arg("images"),
            "(batch, 3, H, W) images -> (batch, D) embeddings; the GIL is released meanwhile.")
       .def_property_readonly("embedding_dim", &featx::Session::embedding_dim)

@@ -83,6 +83,7 @@ Session::Session(const SessionConfig& config) : impl_(std::make_unique<Impl>()) 
   // One model graph, run batch after batch: parallelism within operators, not between them.
   options.SetExecutionMode(ORT_SEQUENTIAL);
   options.SetInterOpNumThreads(1);
+  options.AddConfigEntry("session.intra_op.allow_spinning", config.allow_spinning ? "1" : "0");
   if (config.memory_arena) {
     options.EnableCpuMemArena();
   } else {

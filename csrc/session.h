@@ -22,6 +22,9 @@ struct SessionConfig {
   int intra_op_threads = 0;
   // "all", "extended", "basic" or "disabled" (ORT graph optimisation levels).
   std::string optimization_level = "all";
+  // Idle intra-op threads spin for work by default; when decode workers share the cores, their
+  // spinning steals CPU from decoding.
+  bool allow_spinning = true;
   // ORT's CPU memory arena: faster repeated runs at a fixed batch size, more resident memory.
   bool memory_arena = true;
   int cuda_device_id = 0;

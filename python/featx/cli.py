@@ -46,6 +46,34 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
+    from featx.extract import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE
+    from featx.shards import FORMATS
+
+    parser.add_argument("model", help="an .onnx file written by featx-export")
+    parser.add_argument("input", help="a folder (recursive), a quoted glob, or a list file")
+    parser.add_argument("-o", "--output", required=True, help="output folder")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="inputs/shard")
+    parser.add_argument("--workers", type=int, help="decode threads (default: one per core)")
+    parser.add_argument("--threads", type=int, default=0, help="inference threads (0: per core)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--format", choices=FORMATS, default="npy")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="continue the job in OUTPUT (default when OUTPUT holds the same job)",
+    )
+    resume.add_argument(
+        "--no-resume", dest="resume", action="store_false", help="refuse to reuse output"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="discard output already there")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from featx.export import export
 
@@ -202,6 +230,29 @@ def _cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from featx.extract import extract, print_summary
+
+    summary = extract(
+        args.model,
+        args.input,
+        args.output,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        threads=args.threads,
+        device=args.device,
+        fmt=args.format,
+        dtype=args.dtype,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        console=stderr,
+    )
+    print_summary(summary, stdout)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from featx.demo import run_demo
 
@@ -216,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="checkpoint -> verified ONNX (= featx-export)")
     _add_export_arguments(export)
     export.set_defaults(run=_cmd_export)
+
+    extract = commands.add_parser("extract", help="images -> sharded embeddings (C++ runner)")
+    _add_extract_arguments(extract)
+    extract.set_defaults(run=_cmd_extract)
 
     inspect = commands.add_parser("inspect", help="print an exported model's featx metadata")
     inspect.add_argument("model", help="an .onnx file written by featx-export")

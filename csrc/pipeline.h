@@ -1,0 +1,83 @@
+// Decode -> preprocess -> batch, in worker threads, ahead of inference.
+//
+// Workers claim images in input order and write each one straight into its row of a batch
+// buffer. `prefetch` buffers form a ring: while the consumer runs inference on batch b, workers
+// fill b+1 .. b+prefetch-1 and then wait (back-pressure: memory stays bounded whatever the input
+// size). Batches are delivered strictly in order, so output order never depends on timing.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "image.h"
+
+namespace featx {
+
+// A fully preprocessed batch; valid until the next call to BatchPipeline::next().
+struct PreparedBatch {
+  int64_t first_item = 0;  // index, in the pipeline's path list, of row 0
+  int64_t rows = 0;
+  void* tensor = nullptr;  // rows x 3 x crop x crop of spec.output_type; failed rows are zeros
+  const std::vector<DecodeResult>* results = nullptr;  // one per row
+};
+
+class BatchPipeline {
+ public:
+  // `batch_ends` partitions the paths into batches: batch b holds items
+  // [batch_ends[b-1], batch_ends[b]), strictly increasing, the last equal to paths.size().
+  // Throws std::invalid_argument naming the argument that is out of range.
+  BatchPipeline(std::vector<std::string> paths, std::vector<int64_t> batch_ends,
+                PreprocessSpec spec, int workers, int prefetch);
+  ~BatchPipeline();
+  BatchPipeline(const BatchPipeline&) = delete;
+  BatchPipeline& operator=(const BatchPipeline&) = delete;
+
+  // Hands the previous batch's buffer back to the workers, then blocks until the next batch is
+  // complete. Returns false after the last batch. Rethrows a worker's unexpected failure.
+  bool next(PreparedBatch& batch);
+
+  // Preprocesses a decoded RGB image (the fallback path for formats not decoded here) into row
+  // `row` of the current batch and marks the row usable.
+  void fill_rgb(int64_t row, const uint8_t* rgb, int height, int width);
+
+  // Stops the workers; next() then returns false.
+  void cancel();
+
+ private:
+  struct Slot {
+    std::vector<uint8_t> tensor;
+    std::vector<DecodeResult> results;
+    int64_t batch = -1;
+    int64_t pending = 0;
+  };
+
+  void work();
+  int64_t batch_of(int64_t item) const;
+  int64_t batch_start(int64_t batch) const { return batch == 0 ? 0 : batch_ends_[batch - 1]; }
+  int64_t batch_rows(int64_t batch) const { return batch_ends_[batch] - batch_start(batch); }
+  Slot& slot_of(int64_t batch) { return slots_[batch % slots_.size()]; }
+
+  const std::vector<std::string> paths_;
+  const std::vector<int64_t> batch_ends_;
+  const PreprocessSpec spec_;
+  const size_t row_bytes_;
+
+  std::mutex mutex_;
+  std::condition_variable slot_released_;
+  std::condition_variable batch_completed_;
+  std::vector<Slot> slots_;
+  int64_t next_item_ = 0;
+  int64_t released_batches_ = 0;
+  int64_t next_batch_ = 0;
+  int64_t current_batch_ = -1;
+  bool cancelled_ = false;
+  std::exception_ptr failure_;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace featx

@@ -1,0 +1,304 @@
+"""featx extract: a folder of images in, sharded embeddings out, nothing lost.
+
+inputs -> C++ pipeline (decode, resize, crop, normalise in worker threads) -> C++ ORT session ->
+shards written atomically -> manifest. See featx.shards for the output layout and featx.inputs
+for the input order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from featx import __version__
+from featx.errors import FeatxError
+from featx.inputs import inputs_fingerprint, list_inputs
+from featx.models.checkpoint import file_sha256
+from featx.preprocess import decode_rgb
+from featx.runner import Runner
+from featx.shards import (
+    ERRORS,
+    MANIFEST,
+    Manifest,
+    ShardWriter,
+    remove_stale_temporaries,
+)
+
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_SHARD_SIZE = 4096
+PREFETCH_BATCHES = 3
+
+
+class Interrupted(FeatxError):
+    """Ctrl-C: finished shards are kept, the shard in flight is discarded."""
+
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class ExtractSummary:
+    inputs: int
+    rows: int
+    errors: int
+    resumed_inputs: int
+    seconds: float
+    out_dir: Path
+
+    @property
+    def processed(self) -> int:
+        """Inputs handled by this run (resumed shards excluded)."""
+        return self.inputs - self.resumed_inputs
+
+    @property
+    def images_per_second(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+
+def extract(
+    model: str | Path,
+    inputs: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    workers: int | None = None,
+    threads: int = 0,
+    device: str = "cpu",
+    fmt: str = "npy",
+    dtype: str = "float32",
+    resume: bool | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+) -> ExtractSummary:
+    """Extracts embeddings of every image in ``inputs`` into shards under ``out_dir``.
+
+    ``resume=None`` resumes when ``out_dir`` holds a manifest of the same job, ``True`` requires
+    one, ``False`` refuses to touch existing output; ``overwrite`` discards whatever is there.
+    """
+    started = time.perf_counter()
+    console = console or Console(stderr=True)
+    if batch_size < 1 or shard_size < 1:
+        raise FeatxError(f"batch size ({batch_size}) and shard size ({shard_size}) must be >= 1")
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        raise FeatxError(f"--workers must be >= 1, got {workers}")
+    paths = list_inputs(inputs) if isinstance(inputs, (str, Path)) else [str(p) for p in inputs]
+    if not paths:
+        raise FeatxError(f"no images found in {inputs}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FeatxError(f"output {out} exists and is not a folder")
+
+    runner = Runner(model, device=device, threads=threads, spinning=False)
+    writer = ShardWriter(out, fmt, dtype)
+    job = Manifest(
+        model={
+            "path": str(model),
+            "sha256": file_sha256(Path(model)),
+            "arch": runner.metadata.arch,
+            "embedding_dim": runner.embedding_dim,
+        },
+        inputs={"count": len(paths), "sha256": inputs_fingerprint(paths)},
+        settings={"format": fmt, "dtype": dtype, "shard_size": shard_size},
+        featx_version=__version__,
+    )
+    _prepare_out_dir(out, job, writer, resume, overwrite, console)
+
+    shard_count = -(-len(paths) // shard_size)
+    pending = [k for k in range(shard_count) if k not in job.shards]
+    resumed = sum(job.shards[k]["inputs"] for k in job.shards)
+    order, batch_ends = _plan(pending, shard_size, len(paths), batch_size)
+    try:
+        _run(
+            runner,
+            writer,
+            job,
+            out,
+            paths,
+            pending,
+            order,
+            batch_ends,
+            shard_size,
+            workers,
+            progress,
+            resumed,
+            console,
+        )
+    except KeyboardInterrupt as err:
+        raise Interrupted(
+            f"interrupted: {len(job.shards)} of {shard_count} shards are finished and kept in "
+            f"{out}; the shard in flight was discarded. Run the same command again to resume."
+        ) from err
+    job.complete = True
+    job.save(out)
+    summary = ExtractSummary(
+        inputs=len(paths),
+        rows=sum(s["rows"] for s in job.shards.values()),
+        errors=sum(len(s["errors"]) for s in job.shards.values()),
+        resumed_inputs=resumed,
+        seconds=time.perf_counter() - started,
+        out_dir=out,
+    )
+    return summary
+
+
+def _prepare_out_dir(
+    out: Path,
+    job: Manifest,
+    writer: ShardWriter,
+    resume: bool | None,
+    overwrite: bool,
+    console: Console,
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    existing = Manifest.load(out)
+    if existing is not None and overwrite:
+        for entry in existing.shards.values():
+            for name in entry["files"].values():
+                (out / name).unlink(missing_ok=True)
+        existing = None
+    if existing is None:
+        if resume is True:
+            raise FeatxError(f"--resume: {out} holds no {MANIFEST}, so there is nothing to resume")
+        leftovers = sorted(p.name for p in out.glob("features-*"))
+        if leftovers and not overwrite:
+            raise FeatxError(
+                f"{out} holds featx shards ({leftovers[0]}, ...) but no {MANIFEST}; they belong "
+                "to no known job. Choose an empty folder or pass --overwrite."
+            )
+        for name in leftovers:
+            (out / name).unlink()
+        for name in out.glob("ids-*.json"):
+            name.unlink()
+    else:
+        differences = existing.same_job(job)
+        if differences:
+            raise FeatxError(
+                f"{out} holds the output of another job (different {'; '.join(differences)}). "
+                "Choose another output folder, or pass --overwrite to replace that output."
+            )
+        if resume is False:
+            raise FeatxError(
+                f"{out} already holds output of this job ({len(existing.shards)} shards); "
+                "resume it (the default) or pass --overwrite to start again."
+            )
+        intact = {k: s for k, s in existing.shards.items() if writer.verify(s)}
+        if len(intact) < len(existing.shards):
+            console.print(
+                f"{len(existing.shards) - len(intact)} finished shards are missing or damaged "
+                "and will be extracted again"
+            )
+        job.shards = intact
+        if intact:
+            console.print(f"resuming: {len(intact)} shards already finished in {out}")
+    remove_stale_temporaries(out)
+    job.save(out)
+
+
+def _plan(
+    pending: list[int], shard_size: int, total: int, batch_size: int
+) -> tuple[list[int], list[int]]:
+    """Input indices to process, in order, and batch boundaries that never cross a shard."""
+    order: list[int] = []
+    batch_ends: list[int] = []
+    for shard in pending:
+        start, stop = shard * shard_size, min((shard + 1) * shard_size, total)
+        for first in range(start, stop, batch_size):
+            last = min(first + batch_size, stop)
+            order.extend(range(first, last))
+            batch_ends.append(len(order))
+    return order, batch_ends
+
+
+def _run(
+    runner: Runner,
+    writer: ShardWriter,
+    job: Manifest,
+    out: Path,
+    paths: list[str],
+    pending: list[int],
+    order: list[int],
+    batch_ends: list[int],
+    shard_size: int,
+    workers: int,
+    show_progress: bool,
+    resumed: int,
+    console: Console,
+) -> None:
+    pipeline = runner.pipeline([paths[i] for i in order], batch_ends, workers, PREFETCH_BATCHES)
+    rate = TextColumn("{task.fields[rate]:>7.1f} img/s")
+    with Progress(
+        TextColumn("extracting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        rate,
+        TimeRemainingColumn(),
+        console=console,
+        disable=not show_progress,
+    ) as progress:
+        task = progress.add_task("extract", total=len(paths), completed=resumed, rate=0.0)
+        run_started = time.perf_counter()
+        shard_iter = iter(pending)
+        shard = next(shard_iter, None)
+        ids: list[str] = []
+        chunks: list[np.ndarray] = []
+        errors: list[dict[str, str]] = []
+        done = 0
+        while (batch := pipeline.next()) is not None:
+            first, rows, tensor, statuses = batch
+            usable = []
+            for row, (status, message) in enumerate(statuses):
+                path = paths[order[first + row]]
+                if status == "fallback":
+                    try:
+                        pipeline.fill_rgb(row, decode_rgb(path))
+                        status = "ok"
+                    except (FeatxError, OSError, ValueError) as err:
+                        status, message = "error", str(err)
+                if status == "ok":
+                    usable.append(row)
+                    ids.append(path)
+                else:
+                    errors.append({"path": path, "reason": message})
+            embeddings = runner.run(tensor[:rows])
+            chunks.append(embeddings[usable])
+            done += rows
+            progress.update(
+                task,
+                advance=rows,
+                rate=done / max(time.perf_counter() - run_started, 1e-9),
+            )
+            shard_end = min((shard + 1) * shard_size, len(paths))
+            if order[first + rows - 1] == shard_end - 1:
+                features = (
+                    np.concatenate(chunks)
+                    if chunks
+                    else np.empty((0, runner.embedding_dim), np.float32)
+                )
+                start = shard * shard_size
+                job.shards[shard] = writer.write(
+                    shard, start, shard_end - start, ids, features, errors
+                )
+                job.save(out)
+                ids, chunks, errors = [], [], []
+                shard = next(shard_iter, None)
+
+
+def print_summary(summary: ExtractSummary, console: Console) -> None:
+    resumed = (
+        f", {summary.resumed_inputs} resumed from earlier runs" if summary.resumed_inputs else ""
+    )
+    console.print(
+        f"[bold]done[/]: {summary.rows} of {summary.inputs} images extracted, "
+        f"{summary.errors} errors (listed in {summary.out_dir / ERRORS}){resumed}; "
+        f"{summary.processed} images in {summary.seconds:.1f}s = "
+        f"{summary.images_per_second:.1f} img/s; output in {summary.out_dir}/"
+    )

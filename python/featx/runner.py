@@ -1,0 +1,75 @@
+"""featx.Runner: a featx-exported ONNX model behind the C++ ONNX Runtime session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from featx.errors import FeatxError
+from featx.metadata import read_metadata
+from featx.ort_config import cpu_optimization_level
+from featx.preprocess import spec_dict
+from featx.runtime import native
+
+DEVICES = ("cpu", "cuda")
+
+
+class Runner:
+    """Runs batches of preprocessed images through an exported model.
+
+    ``run`` takes (batch, 3, H, W) arrays of the model's input dtype and returns (batch, D)
+    embeddings; the array memory is used in place and the GIL is released during inference.
+    ``threads`` is ONNX Runtime's intra-op thread count (0: one per core); ``spinning=False``
+    makes idle ORT threads sleep instead of spin, which leaves the cores to decode workers.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        device: str = "cpu",
+        threads: int = 0,
+        spinning: bool = True,
+    ):
+        path = Path(model)
+        if not path.is_file():
+            raise FeatxError(f"no such model file: {path}")
+        if device not in DEVICES:
+            raise FeatxError(f"unknown device {device!r}; choose {' or '.join(DEVICES)}")
+        self.metadata = read_metadata(path)
+        level = cpu_optimization_level(self.metadata.dtype) if device == "cpu" else "all"
+        try:
+            self._session = native().Session(str(path), device, threads, level, True, spinning)
+        except RuntimeError as err:
+            raise FeatxError(str(err)) from err
+        self.path = path
+        self.device = device
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self._session.embedding_dim)
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(np.float16 if self.metadata.io_dtype == "float16" else np.float32)
+
+    @property
+    def provider(self) -> str:
+        return str(self._session.provider)
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """(batch, 3, H, W) images -> (batch, D) embeddings."""
+        return self._session.run(images)
+
+    def pipeline(
+        self, paths: list[str], batch_ends: list[int], workers: int, prefetch: int
+    ) -> object:
+        """A C++ decode/preprocess pipeline producing batches for this model's input.
+
+        ``pipeline.next()`` returns ``(first_item, rows, tensor, statuses)`` or None at the end;
+        ``tensor`` is valid until the next call. Rows whose status is "fallback" are filled with
+        ``pipeline.fill_rgb(row, rgb)``.
+        """
+        spec = spec_dict(self.metadata.preprocess, output=self.metadata.io_dtype)
+        return native().BatchPipeline(paths, batch_ends, spec, workers, prefetch)

@@ -1,0 +1,203 @@
+"""The output of an extraction job: shards of embeddings, a manifest, and errors.jsonl.
+
+Layout of OUTDIR:
+    features-00000.npy + ids-00000.json   (--format npy: float array (rows, D) and a JSON list
+                                           of the input paths of those rows, in order)
+    features-00000.parquet                (--format parquet: columns `id` and `embedding`)
+    manifest.json                         model and input fingerprints, settings, and for every
+                                          finished shard its files, rows, sha256 and errors
+    errors.jsonl                          one {"path", "reason"} per input that was not usable
+
+Shard k holds the usable images among inputs [k * shard_size, (k + 1) * shard_size). Every file
+is written to a temporary name, flushed to disk and renamed; the manifest is replaced last, so a
+shard exists for a reader (and for --resume) exactly when the manifest lists it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featx.errors import FeatxError
+
+MANIFEST = "manifest.json"
+ERRORS = "errors.jsonl"
+MANIFEST_FORMAT = 1
+FORMATS = ("npy", "parquet")
+TMP_MARK = ".tmp-"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with tmp.open("wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Manifest:
+    """What an OUTDIR holds and which job produced it."""
+
+    model: dict[str, Any]
+    inputs: dict[str, Any]
+    settings: dict[str, Any]
+    featx_version: str
+    shards: dict[int, dict[str, Any]] = field(default_factory=dict)
+    complete: bool = False
+
+    def same_job(self, other: Manifest) -> list[str]:
+        """What differs between this job and ``other`` (empty when they are the same job)."""
+        differences = []
+        if self.model["sha256"] != other.model["sha256"]:
+            differences.append(f"model ({other.model['path']} vs {self.model['path']})")
+        if self.inputs != other.inputs:
+            differences.append(
+                f"input list ({other.inputs['count']} inputs vs {self.inputs['count']}, "
+                "or another order)"
+            )
+        for key, value in self.settings.items():
+            if other.settings.get(key) != value:
+                differences.append(f"{key} ({other.settings.get(key)} vs {value})")
+        return differences
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "featx_manifest": MANIFEST_FORMAT,
+            "featx_version": self.featx_version,
+            "model": self.model,
+            "inputs": self.inputs,
+            "settings": self.settings,
+            "complete": self.complete,
+            "rows": sum(s["rows"] for s in self.shards.values()),
+            "errors": sum(len(s["errors"]) for s in self.shards.values()),
+            "shards": [self.shards[k] for k in sorted(self.shards)],
+        }
+
+    @classmethod
+    def load(cls, out_dir: Path) -> Manifest | None:
+        path = out_dir / MANIFEST
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            return cls(
+                model=data["model"],
+                inputs=data["inputs"],
+                settings=data["settings"],
+                featx_version=data["featx_version"],
+                shards={int(s["index"]): s for s in data["shards"]},
+                complete=bool(data["complete"]),
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise FeatxError(
+                f"{path} is damaged ({type(err).__name__}: {err}); pass --overwrite to start "
+                "this output folder afresh."
+            ) from err
+
+    def save(self, out_dir: Path) -> None:
+        write_atomic(out_dir / MANIFEST, json.dumps(self.to_json(), indent=1).encode())
+        errors = [e for k in sorted(self.shards) for e in self.shards[k]["errors"]]
+        write_atomic(out_dir / ERRORS, "".join(json.dumps(e) + "\n" for e in errors).encode())
+
+
+class ShardWriter:
+    """Writes one shard's files atomically and returns its manifest entry."""
+
+    def __init__(self, out_dir: Path, fmt: str, dtype: str):
+        if fmt not in FORMATS:
+            raise FeatxError(f"unknown format {fmt!r}; choose {' or '.join(FORMATS)}")
+        if dtype not in ("float32", "float16"):
+            raise FeatxError(f"unknown dtype {dtype!r}; choose float32 or float16")
+        self.out_dir = out_dir
+        self.fmt = fmt
+        self.dtype = np.dtype(dtype)
+
+    def file_names(self, index: int) -> dict[str, str]:
+        if self.fmt == "npy":
+            return {"features": f"features-{index:05d}.npy", "ids": f"ids-{index:05d}.json"}
+        return {"features": f"features-{index:05d}.parquet"}
+
+    def write(
+        self,
+        index: int,
+        first_input: int,
+        inputs: int,
+        ids: list[str],
+        features: np.ndarray,
+        errors: list[dict[str, str]],
+    ) -> dict[str, Any]:
+        features = np.ascontiguousarray(features, dtype=self.dtype)
+        names = self.file_names(index)
+        payloads = (
+            {"features": _npy_bytes(features), "ids": json.dumps(ids).encode()}
+            if self.fmt == "npy"
+            else {"features": _parquet_bytes(ids, features)}
+        )
+        for key, data in payloads.items():
+            write_atomic(self.out_dir / names[key], data)
+        return {
+            "index": index,
+            "first_input": first_input,
+            "inputs": inputs,
+            "rows": len(ids),
+            "files": names,
+            "sha256": {key: sha256_bytes(data) for key, data in payloads.items()},
+            "errors": errors,
+        }
+
+    def verify(self, entry: dict[str, Any]) -> bool:
+        """Whether a finished shard's files are all present and intact."""
+        for key, name in entry["files"].items():
+            path = self.out_dir / name
+            if not path.is_file() or sha256_bytes(path.read_bytes()) != entry["sha256"][key]:
+                return False
+        return True
+
+
+def _npy_bytes(features: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, features, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _parquet_bytes(ids: list[str], features: np.ndarray) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dim = features.shape[1] if features.ndim == 2 else 0
+    values = pa.array(features.reshape(-1))
+    table = pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(values, dim),
+        }
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Deletes temporary files a killed job left behind; returns how many."""
+    stale = [p for p in out_dir.glob(".*") if TMP_MARK in p.name and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
