@@ -3,13 +3,66 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <pybind11/stl/filesystem.h>
 
+#include <filesystem>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "image.h"
 #include "ort_library.h"
+#include "pipeline.h"
 #include "session.h"
 
 namespace py = pybind11;
 
 namespace {
+
+// spec[name] as T; a missing or mistyped field is a ValueError naming it.
+template <typename T>
+T spec_field(const py::dict& spec, const char* name) {
+  if (!spec.contains(name)) throw std::invalid_argument(std::string("spec has no '") + name + "'");
+  try {
+    return spec[name].cast<T>();
+  } catch (const py::cast_error&) {
+    throw std::invalid_argument(std::string("spec field '") + name + "' has the wrong type: " +
+                                std::string(py::str(py::type::of(spec[name]).attr("__name__"))));
+  }
+}
+
+// The dict written by featx.preprocess.spec_dict (keys of featx.metadata.Preprocess + output,
+// max_pixels).
+featx::PreprocessSpec spec_from_dict(const py::dict& spec) {
+  featx::PreprocessSpec parsed;
+  parsed.crop_size = spec_field<int>(spec, "crop_size");
+  parsed.resize_size = spec_field<int>(spec, "resize_size");
+  parsed.interpolation = featx::parse_interpolation(spec_field<std::string>(spec, "interpolation"));
+  parsed.mean = spec_field<std::array<float, 3>>(spec, "mean");
+  parsed.std = spec_field<std::array<float, 3>>(spec, "std");
+  parsed.output_type = featx::parse_tensor_type(spec_field<std::string>(spec, "output"));
+  if (spec.contains("max_pixels")) parsed.max_pixels = spec_field<int64_t>(spec, "max_pixels");
+  parsed.validate();
+  return parsed;
+}
+
+// An uninitialised (3, crop, crop) array of the spec's output type.
+py::array tensor_for(const featx::PreprocessSpec& spec) {
+  const py::dtype dtype(spec.output_type == featx::TensorType::kFloat16 ? "float16" : "float32");
+  return py::array(dtype, {3, spec.crop_size, spec.crop_size});
+}
+
+const char* status_name(featx::DecodeStatus status) {
+  switch (status) {
+    case featx::DecodeStatus::kOk:
+      return "ok";
+    case featx::DecodeStatus::kNeedsFallback:
+      return "fallback";
+    case featx::DecodeStatus::kError:
+      return "error";
+  }
+  return "error";
+}
 
 featx::TensorType array_type(const py::array& array) {
   if (array.dtype().is(py::dtype::of<float>())) return featx::TensorType::kFloat32;
@@ -40,7 +93,7 @@ py::array run_session(const featx::Session& session, const py::array& images) {
 
 std::unique_ptr<featx::Session> open_session(const std::string& path, const std::string& device,
                                              int threads, const std::string& optimization,
-                                             bool arena) {
+                                             bool arena, bool spinning) {
   featx::SessionConfig config;
   config.model_path = path;
   if (device != "cpu" && device != "cuda") {
@@ -53,6 +106,36 @@ std::unique_ptr<featx::Session> open_session(const std::string& path, const std:
   config.allow_spinning = spinning;
   py::gil_scoped_release release;
   return std::make_unique<featx::Session>(config);
+}
+
+py::tuple next_batch(featx::BatchPipeline& pipeline, const py::object& self) {
+  featx::PreparedBatch batch;
+  bool more = false;
+  {
+    py::gil_scoped_release release;
+    more = pipeline.next(batch);
+  }
+  if (!more) return py::tuple();
+  const featx::PreprocessSpec& spec = pipeline.spec();
+  const py::dtype dtype(spec.output_type == featx::TensorType::kFloat16 ? "float16" : "float32");
+  // A view of the pipeline's buffer, valid until the next call; `self` keeps the buffer alive.
+  py::array tensor(
+      dtype, {batch.rows, py::ssize_t{3}, py::ssize_t{spec.crop_size}, py::ssize_t{spec.crop_size}},
+      batch.tensor, self);
+  py::list statuses;
+  for (const featx::DecodeResult& result : *batch.results) {
+    statuses.append(py::make_tuple(status_name(result.status), result.message));
+  }
+  return py::make_tuple(batch.first_item, batch.rows, tensor, statuses);
+}
+
+// (H, W, 3) uint8 image dimensions, checked.
+std::pair<int, int> rgb_size(const py::array_t<uint8_t, py::array::c_style>& rgb) {
+  constexpr auto kMaxSide = py::ssize_t{std::numeric_limits<int>::max()};
+  if (rgb.ndim() != 3 || rgb.shape(2) != 3 || rgb.shape(0) > kMaxSide || rgb.shape(1) > kMaxSide) {
+    throw std::invalid_argument("rgb must be an (H, W, 3) uint8 array");
+  }
+  return {static_cast<int>(rgb.shape(0)), static_cast<int>(rgb.shape(1))};
 }
 
 }  // namespace
@@ -68,6 +151,42 @@ PYBIND11_MODULE(_runner, m) {
   m.def("onnxruntime_version", &featx::onnxruntime_version);
   m.def("onnxruntime_providers", &featx::onnxruntime_providers);
 
+  m.def(
+      "preprocess_file",
+      [](const std::filesystem::path& path, const py::dict& spec_dict) {
+        const featx::PreprocessSpec spec = spec_from_dict(spec_dict);
+        py::array tensor = tensor_for(spec);
+        void* out = tensor.mutable_data();
+        featx::DecodeResult result;
+        {
+          py::gil_scoped_release released;
+          result = featx::preprocess_file(path.string(), spec, out);
+        }
+        const bool ok = result.status == featx::DecodeStatus::kOk;
+        return py::make_tuple(status_name(result.status), result.message,
+                              ok ? py::object(tensor) : py::none());
+      },
+      py::arg("path"), py::arg("spec"),
+      "Decode + preprocess an image file -> (status 'ok'|'fallback'|'error', message, tensor or "
+      "None). 'fallback': not decoded here (PNG, CMYK JPEG, ...); decode it with "
+      "featx.preprocess.decode_rgb and call preprocess_rgb.");
+  m.def(
+      "preprocess_rgb",
+      [](const py::array_t<uint8_t, py::array::c_style>& rgb, const py::dict& spec_dict) {
+        const featx::PreprocessSpec spec = spec_from_dict(spec_dict);
+        const auto [height, width] = rgb_size(rgb);
+        py::array tensor = tensor_for(spec);
+        void* out = tensor.mutable_data();
+        const uint8_t* pixels = rgb.data();
+        {
+          py::gil_scoped_release released;
+          featx::preprocess_rgb(pixels, height, width, spec, out);
+        }
+        return tensor;
+      },
+      py::arg("rgb"), py::arg("spec"),
+      "Preprocess a decoded, oriented (H, W, 3) uint8 RGB image -> (3, crop, crop) tensor.");
+
   py::class_<featx::Session>(m, "Session")
       .def(py::init(&open_session), py::arg("model_path"), py::arg("device") = "cpu",
            py::arg("threads") = 0, py::arg("optimization") = "all", py::arg("memory_arena") = true,
@@ -78,4 +197,31 @@ PYBIND11_MODULE(_runner, m) {
       .def_property_readonly("input_chw", &featx::Session::input_chw)
       .def_property_readonly("provider", &featx::Session::provider)
       .def_property_readonly("metadata", &featx::Session::metadata);
+
+  py::class_<featx::BatchPipeline>(m, "BatchPipeline")
+      .def(py::init([](std::vector<std::string> paths, std::vector<int64_t> batch_ends,
+                       const py::dict& spec, int workers, int prefetch) {
+             return std::make_unique<featx::BatchPipeline>(std::move(paths), std::move(batch_ends),
+                                                           spec_from_dict(spec), workers, prefetch);
+           }),
+           py::arg("paths"), py::arg("batch_ends"), py::arg("spec"), py::arg("workers"),
+           py::arg("prefetch"))
+      .def(
+          "next",
+          [](py::object self) -> py::object {
+            py::tuple batch = next_batch(self.cast<featx::BatchPipeline&>(), self);
+            return batch.empty() ? py::none() : py::object(batch);
+          },
+          "Next batch (first_item, rows, tensor view, [(status, message)]) or None at the end.")
+      .def(
+          "fill_rgb",
+          [](featx::BatchPipeline& pipeline, int64_t row,
+             const py::array_t<uint8_t, py::array::c_style>& rgb) {
+            const auto [height, width] = rgb_size(rgb);
+            const uint8_t* pixels = rgb.data();
+            py::gil_scoped_release release;
+            pipeline.fill_rgb(row, pixels, height, width);
+          },
+          py::arg("row"), py::arg("rgb"))
+      .def("cancel", &featx::BatchPipeline::cancel);
 }

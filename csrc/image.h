@@ -32,6 +32,11 @@ struct PreprocessSpec {
   size_t tensor_elements() const;
 };
 
+// Names as featx.metadata.Preprocess writes them ("nearest", "bilinear", "bicubic") and output
+// types ("float32", "float16"). Throw std::invalid_argument naming the field.
+Interpolation parse_interpolation(const std::string& name);
+TensorType parse_tensor_type(const std::string& name);
+
 enum class DecodeStatus {
   kOk,             // `out` holds the preprocessed tensor
   kNeedsFallback,  // not a format decoded here (PNG, WebP, CMYK JPEG, ...): decode elsewhere, then

@@ -48,6 +48,8 @@ class BatchPipeline {
   // Stops the workers; next() then returns false.
   void cancel();
 
+  const PreprocessSpec& spec() const { return spec_; }
+
  private:
   struct Slot {
     std::vector<uint8_t> tensor;

@@ -9,17 +9,22 @@ except PackageNotFoundError:  # running from a source tree without an install
 
 from featx.errors import FeatxError, ParityError
 from featx.export import ExportResult, export
+from featx.extract import ExtractSummary, extract
 from featx.metadata import ModelMetadata, Preprocess, read_metadata
 from featx.models import get_extractor, list_extractors, register_extractor
+from featx.runner import Runner
 
 __all__ = [
     "ExportResult",
+    "ExtractSummary",
     "FeatxError",
     "ModelMetadata",
     "ParityError",
     "Preprocess",
+    "Runner",
     "__version__",
     "export",
+    "extract",
     "get_extractor",
     "list_extractors",
     "read_metadata",

@@ -13,3 +13,7 @@ class ParityError(FeatxError):
     """The exported model's outputs left the parity gate; the figures are in the message."""
 
     exit_code = 1
+
+
+class ImageDecodeError(FeatxError):
+    """An image file that cannot be decoded (corrupt, truncated, not an image, too large)."""
