@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -112,30 +112,14 @@ def extract(
     )
     _prepare_out_dir(out, job, writer, resume, overwrite, console)
 
-    shard_count = -(-len(paths) // shard_size)
-    pending = [k for k in range(shard_count) if k not in job.shards]
-    resumed = sum(job.shards[k]["inputs"] for k in job.shards)
-    order, batch_ends = _plan(pending, shard_size, len(paths), batch_size)
+    extraction = _Extraction(runner, writer, job, out, paths, shard_size)
     try:
-        _run(
-            runner,
-            writer,
-            job,
-            out,
-            paths,
-            pending,
-            order,
-            batch_ends,
-            shard_size,
-            workers,
-            progress,
-            resumed,
-            console,
-        )
+        extraction.run(batch_size, workers, progress, console)
     except KeyboardInterrupt as err:
         raise Interrupted(
-            f"interrupted: {len(job.shards)} of {shard_count} shards are finished and kept in "
-            f"{out}; the shard in flight was discarded. Run the same command again to resume."
+            f"interrupted: {len(job.shards)} of {extraction.shard_count} shards are finished and "
+            f"kept in {out}; the shard in flight was discarded. Run the same command again to "
+            "resume."
         ) from err
     job.complete = True
     job.save(out)
@@ -143,7 +127,7 @@ def extract(
         inputs=len(paths),
         rows=sum(s["rows"] for s in job.shards.values()),
         errors=sum(len(s["errors"]) for s in job.shards.values()),
-        resumed_inputs=resumed,
+        resumed_inputs=extraction.resumed_inputs,
         seconds=time.perf_counter() - started,
         out_dir=out,
     )
@@ -203,93 +187,129 @@ def _prepare_out_dir(
     job.save(out)
 
 
-def _plan(
-    pending: list[int], shard_size: int, total: int, batch_size: int
-) -> tuple[list[int], list[int]]:
-    """Input indices to process, in order, and batch boundaries that never cross a shard."""
-    order: list[int] = []
-    batch_ends: list[int] = []
-    for shard in pending:
-        start, stop = shard * shard_size, min((shard + 1) * shard_size, total)
-        for first in range(start, stop, batch_size):
-            last = min(first + batch_size, stop)
-            order.extend(range(first, last))
-            batch_ends.append(len(order))
-    return order, batch_ends
+@dataclass
+class _ShardRows:
+    """What one shard collects until its last input has gone through the model."""
+
+    index: int
+    first_input: int
+    stop_input: int
+    ids: list[str] = field(default_factory=list)
+    embeddings: list[np.ndarray] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
 
 
-def _run(
-    runner: Runner,
-    writer: ShardWriter,
-    job: Manifest,
-    out: Path,
-    paths: list[str],
-    pending: list[int],
-    order: list[int],
-    batch_ends: list[int],
-    shard_size: int,
-    workers: int,
-    show_progress: bool,
-    resumed: int,
-    console: Console,
-) -> None:
-    pipeline = runner.pipeline([paths[i] for i in order], batch_ends, workers, PREFETCH_BATCHES)
-    rate = TextColumn("{task.fields[rate]:>7.1f} img/s")
-    with Progress(
-        TextColumn("extracting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        rate,
-        TimeRemainingColumn(),
-        console=console,
-        disable=not show_progress,
-    ) as progress:
-        task = progress.add_task("extract", total=len(paths), completed=resumed, rate=0.0)
-        run_started = time.perf_counter()
-        shard_iter = iter(pending)
-        shard = next(shard_iter, None)
-        ids: list[str] = []
-        chunks: list[np.ndarray] = []
-        errors: list[dict[str, str]] = []
-        done = 0
-        while (batch := pipeline.next()) is not None:
-            first, rows, tensor, statuses = batch
-            usable = []
-            for row, (status, message) in enumerate(statuses):
-                path = paths[order[first + row]]
-                if status == "fallback":
-                    try:
-                        pipeline.fill_rgb(row, decode_rgb(path))
-                        status = "ok"
-                    except (FeatxError, OSError, ValueError) as err:
-                        status, message = "error", str(err)
-                if status == "ok":
-                    usable.append(row)
-                    ids.append(path)
-                else:
-                    errors.append({"path": path, "reason": message})
-            embeddings = runner.run(tensor[:rows])
-            chunks.append(embeddings[usable])
-            done += rows
-            progress.update(
-                task,
-                advance=rows,
-                rate=done / max(time.perf_counter() - run_started, 1e-9),
+class _Extraction:
+    """Runs the pending shards of a job through the pipeline and the model, in input order."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        writer: ShardWriter,
+        job: Manifest,
+        out: Path,
+        paths: list[str],
+        shard_size: int,
+    ):
+        self.runner = runner
+        self.writer = writer
+        self.job = job
+        self.out = out
+        self.paths = paths
+        self.shard_size = shard_size
+        self.shard_count = -(-len(paths) // shard_size)
+        self.pending = [k for k in range(self.shard_count) if k not in job.shards]
+        self.resumed_inputs = sum(entry["inputs"] for entry in job.shards.values())
+
+    def plan(self, batch_size: int) -> tuple[list[int], list[int]]:
+        """Input indices to process, in order, and batch ends that never cross a shard."""
+        order: list[int] = []
+        batch_ends: list[int] = []
+        for shard in self.pending:
+            start, stop = self._bounds(shard)
+            for first in range(start, stop, batch_size):
+                order.extend(range(first, min(first + batch_size, stop)))
+                batch_ends.append(len(order))
+        return order, batch_ends
+
+    def run(self, batch_size: int, workers: int, show_progress: bool, console: Console) -> None:
+        order, batch_ends = self.plan(batch_size)
+        pipeline = self.runner.pipeline(
+            [self.paths[i] for i in order], batch_ends, workers, PREFETCH_BATCHES
+        )
+        shards = iter(self.pending)
+        current = self._open(next(shards, None))
+        with Progress(
+            TextColumn("extracting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>7.1f} img/s"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not show_progress,
+        ) as progress:
+            task = progress.add_task(
+                "", total=len(self.paths), completed=self.resumed_inputs, rate=0.0
             )
-            shard_end = min((shard + 1) * shard_size, len(paths))
-            if order[first + rows - 1] == shard_end - 1:
-                features = (
-                    np.concatenate(chunks)
-                    if chunks
-                    else np.empty((0, runner.embedding_dim), np.float32)
-                )
-                start = shard * shard_size
-                job.shards[shard] = writer.write(
-                    shard, start, shard_end - start, ids, features, errors
-                )
-                job.save(out)
-                ids, chunks, errors = [], [], []
-                shard = next(shard_iter, None)
+            started = time.perf_counter()
+            done = 0
+            while (batch := pipeline.next()) is not None:
+                first, rows, tensor, statuses = batch
+                inputs = order[first : first + rows]
+                usable = self._sort_rows(pipeline, inputs, statuses, current)
+                current.embeddings.append(self.runner.run(tensor)[usable])
+                done += rows
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                progress.update(task, advance=rows, rate=done / elapsed)
+                if inputs[-1] == current.stop_input - 1:
+                    self._write(current)
+                    current = self._open(next(shards, None))
+
+    def _sort_rows(
+        self,
+        pipeline: object,
+        inputs: list[int],
+        statuses: list[tuple[str, str]],
+        shard: _ShardRows,
+    ) -> list[int]:
+        """Rows of the batch that hold images (fallback formats decoded now); errors recorded."""
+        usable = []
+        for row, (input_index, (status, message)) in enumerate(zip(inputs, statuses, strict=True)):
+            path = self.paths[input_index]
+            if status == "fallback":
+                try:
+                    pipeline.fill_rgb(row, decode_rgb(path))
+                    status = "ok"
+                except (FeatxError, OSError, ValueError) as err:
+                    status, message = "error", str(err)
+            if status == "ok":
+                usable.append(row)
+                shard.ids.append(path)
+            else:
+                shard.errors.append({"path": path, "reason": message})
+        return usable
+
+    def _bounds(self, shard: int) -> tuple[int, int]:
+        return shard * self.shard_size, min((shard + 1) * self.shard_size, len(self.paths))
+
+    def _open(self, shard: int | None) -> _ShardRows | None:
+        return None if shard is None else _ShardRows(shard, *self._bounds(shard))
+
+    def _write(self, shard: _ShardRows) -> None:
+        embeddings = (
+            np.concatenate(shard.embeddings)
+            if shard.embeddings
+            else np.empty((0, self.runner.embedding_dim), np.float32)
+        )
+        self.job.shards[shard.index] = self.writer.write(
+            shard.index,
+            shard.first_input,
+            shard.stop_input - shard.first_input,
+            shard.ids,
+            embeddings,
+            shard.errors,
+        )
+        self.job.save(self.out)
 
 
 def print_summary(summary: ExtractSummary, console: Console) -> None:
