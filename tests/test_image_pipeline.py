@@ -8,7 +8,11 @@ pixel error would be 1/255/std ~ 0.017).
 """
 
 import math
+import os
 import random
+import subprocess
+import sys
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -70,6 +74,46 @@ def test_preprocess_rgb_is_bit_exact_with_torchvision_on_pil(photo, interpolatio
     actual = _runner.preprocess_rgb(np.asarray(image), spec_dict(preprocess))
     assert actual.dtype == np.float32
     assert max_difference(actual, expected) <= BIT_EXACT
+
+
+SCALAR_CONFIGS = [
+    (mode, crop, resize)
+    for mode in ("bilinear", "bicubic")
+    for crop, resize in ((224, 256), (7, 13))
+]
+
+
+def test_scalar_kernels_give_the_same_tensors_as_the_simd_ones(tmp_path):
+    # SIMD kernels are chosen once per process; FEATX_DISABLE_AVX2 forces the scalar ones there.
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        from featx import _runner
+        from featx.metadata import Preprocess
+        from featx.preprocess import spec_dict
+        from featx.testing.images import parity_photos
+        outputs = [
+            _runner.preprocess_rgb(np.asarray(image), spec_dict(Preprocess(crop, resize, mode)))
+            for image in parity_photos().values()
+            for mode, crop, resize in {SCALAR_CONFIGS!r}
+        ]
+        np.savez(sys.argv[1], *outputs)
+        """
+    )
+    out = tmp_path / "scalar.npz"
+    env = {**os.environ, "FEATX_DISABLE_AVX2": "1"}
+    subprocess.run([sys.executable, "-c", script, str(out)], env=env, check=True)
+    with np.load(out) as data:
+        scalar = [data[f"arr_{i}"] for i in range(len(data.files))]
+    simd = [
+        _runner.preprocess_rgb(np.asarray(image), spec_dict(Preprocess(crop, resize, mode)))
+        for image in PHOTOS.values()
+        for mode, crop, resize in SCALAR_CONFIGS
+    ]
+    assert len(scalar) == len(simd)
+    for simd_tensor, scalar_tensor in zip(simd, scalar, strict=True):
+        assert np.array_equal(simd_tensor, scalar_tensor)
 
 
 @pytest.mark.parametrize(
