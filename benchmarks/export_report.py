@@ -11,44 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import tempfile
 from pathlib import Path
 
-import onnx
-import onnxruntime
 import torch
 from rich.console import Console
 from rich.table import Table
 
 import featx
+from featx.bench.environment import environment
 from featx.models import get_extractor, list_extractors
 from featx.models.checkpoint import save_checkpoint
 from featx.testing.models import randomize_batchnorm
-
-
-def environment() -> dict:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return {
-        "device": f"CPU: {cpu} ({os.cpu_count()} cores)",
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "featx": featx.__version__,
-        "commit": commit,
-    }
 
 
 def export_row(arch: str, folder: Path, fp16: bool) -> dict:
