@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.featx-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint format bench-export clean
+.PHONY: setup demo test lint format bench-export bench-extract clean
 
 setup: $(INSTALLED)
 
@@ -37,6 +37,9 @@ format: setup
 bench-export: setup
 	$(PY) benchmarks/export_report.py --output benchmarks/results/export-cpu.json
 	$(PY) benchmarks/export_report.py --fp16 --output benchmarks/results/export-cpu-fp16.json
+
+bench-extract: setup
+	$(PY) benchmarks/extraction_report.py --output benchmarks/results/extraction-cpu.json
 
 clean:
 	rm -rf build featx-demo .pytest_cache .ruff_cache
