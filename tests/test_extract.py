@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from featx.testing.images import write_hostile_set
 
 import featx
 from featx.extract import extract
@@ -22,6 +21,7 @@ from featx.models import get_extractor
 from featx.models.checkpoint import save_checkpoint
 from featx.parity import compare
 from featx.preprocess import open_rgb, reference_transform
+from featx.testing.images import write_hostile_set
 from featx.testing.models import randomize_batchnorm
 
 
@@ -229,3 +229,13 @@ def test_ctrl_c_keeps_finished_shards_and_resumes(resnet18, many_photos, tmp_pat
     summary = extract(path, many_photos, out, batch_size=4, shard_size=8, progress=False)
     assert summary.resumed_inputs == 8 * len(finished)
     assert summary.rows == 96
+
+
+def test_cuda_without_a_cuda_onnxruntime_is_a_clear_error(resnet18):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider; the GPU tests cover it")
+    path, _, _ = resnet18
+    with pytest.raises(featx.FeatxError, match=r"no CUDA execution provider.*onnxruntime-gpu"):
+        featx.Runner(path, device="cuda")
