@@ -231,11 +231,16 @@ def test_ctrl_c_keeps_finished_shards_and_resumes(resnet18, many_photos, tmp_pat
     assert summary.rows == 96
 
 
-def test_cuda_without_a_cuda_onnxruntime_is_a_clear_error(resnet18):
+def test_cuda_device_runs_where_available_and_fails_clearly_elsewhere(resnet18):
     import onnxruntime
 
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        pytest.skip("this onnxruntime has the CUDA provider; the GPU tests cover it")
     path, _, _ = resnet18
-    with pytest.raises(featx.FeatxError, match=r"no CUDA execution provider.*onnxruntime-gpu"):
-        featx.Runner(path, device="cuda")
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(featx.FeatxError, match=r"no CUDA execution provider.*onnxruntime-gpu"):
+            featx.Runner(path, device="cuda")
+        return
+    images = np.random.default_rng(0).standard_normal((4, 3, 224, 224), dtype=np.float32)
+    cuda = featx.Runner(path, device="cuda")
+    assert cuda.provider == "CUDAExecutionProvider"
+    cpu_features = featx.Runner(path).run(images)
+    assert compare(cpu_features, cuda.run(images)).min_cosine >= 0.9999

@@ -9,9 +9,10 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 DIGIT_LEVELS = 16  # the scans hold grey levels 0..16
+JPEG_QUALITY = 95  # for .jpg output; other formats ignore it
 
 
-def write_digits(out_dir: str | Path, image_size: int = 32, suffix: str = ".png") -> list[Path]:
+def write_digits(out_dir: str | Path, image_size: int = 32, suffix: str = ".jpg") -> list[Path]:
     """Writes every digit as an RGB image in ImageFolder layout (``out_dir/<label>/<index>``).
 
     Files already present are kept, so a second call costs only a directory scan.
@@ -27,7 +28,7 @@ def write_digits(out_dir: str | Path, image_size: int = 32, suffix: str = ".png"
         path.parent.mkdir(parents=True, exist_ok=True)
         grey = np.round(scan / DIGIT_LEVELS * 255).astype(np.uint8)
         image = Image.fromarray(grey).resize((image_size, image_size), Image.Resampling.BILINEAR)
-        image.convert("RGB").save(path)
+        image.convert("RGB").save(path, quality=JPEG_QUALITY)
     return paths
 
 
