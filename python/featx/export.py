@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import os
 import re
 import time
 import warnings
@@ -26,6 +25,7 @@ from torch import fx, nn
 from featx import __version__
 from featx.errors import FeatxError, ParityError
 from featx.features import FeatureLayout, build_feature_model
+from featx.files import write_atomic
 from featx.fold import FoldReport, fold_batchnorm
 from featx.metadata import ModelMetadata, Preprocess
 from featx.models.checkpoint import load_model
@@ -162,7 +162,7 @@ def export(
     )
     onnx.helper.set_model_props(proto, metadata.to_props())
     stage("writing")
-    _write_atomic(proto, out_path)
+    write_atomic(out_path, proto.SerializeToString())
     return ExportResult(
         path=out_path,
         metadata=metadata,
@@ -313,12 +313,3 @@ def _parity_message(report: ParityReport) -> str:
         f"PyTorch beyond the gate ({'; '.join(report.failures)}). Figures: {rows}. If the "
         "difference is expected (e.g. --fp16), loosen the gate with --min-cosine/--max-rel."
     )
-
-
-def _write_atomic(proto: onnx.ModelProto, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

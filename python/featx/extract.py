@@ -19,8 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from featx import __version__
 from featx.errors import FeatxError
+from featx.files import file_sha256
 from featx.inputs import inputs_fingerprint, list_inputs
-from featx.models.checkpoint import file_sha256
 from featx.preprocess import decode_rgb
 from featx.runner import Runner
 from featx.shards import (

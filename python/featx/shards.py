@@ -15,9 +15,7 @@ shard exists for a reader (and for --resume) exactly when the manifest lists it.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,29 +23,12 @@ from typing import Any
 import numpy as np
 
 from featx.errors import FeatxError
+from featx.files import TMP_MARK, sha256_bytes, write_atomic
 
 MANIFEST = "manifest.json"
 ERRORS = "errors.jsonl"
 MANIFEST_FORMAT = 1
 FORMATS = ("npy", "parquet")
-TMP_MARK = ".tmp-"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        with tmp.open("wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass

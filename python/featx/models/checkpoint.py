@@ -8,8 +8,7 @@ A featx checkpoint is ``{"arch": str, "state_dict": {...}, "featx": {...}}``, re
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
+import io
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from featx.errors import FeatxError
+from featx.files import file_sha256, write_atomic
 from featx.metadata import Preprocess
 from featx.models.registry import Extractor, get_extractor
 
@@ -40,14 +40,6 @@ class LoadedModel:
         return self.extractor.name
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -65,12 +57,9 @@ def save_checkpoint(
     if head is not None and "num_classes" not in meta:
         meta["num_classes"] = int(model.get_submodule(head).out_features)
     payload = {"arch": arch, "state_dict": model.state_dict(), "featx": meta}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_atomic(path, buffer.getvalue())
     return path
 
 
