@@ -25,13 +25,13 @@ test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check python tests benchmarks
-	$(VENV)/bin/ruff format --check python tests benchmarks
+	$(VENV)/bin/ruff check python kernels tests benchmarks
+	$(VENV)/bin/ruff format --check python kernels tests benchmarks
 	$(VENV)/bin/clang-format --dry-run -Werror csrc/*.cc csrc/*.h
 
 format: setup
-	$(VENV)/bin/ruff check --fix python tests benchmarks
-	$(VENV)/bin/ruff format python tests benchmarks
+	$(VENV)/bin/ruff check --fix python kernels tests benchmarks
+	$(VENV)/bin/ruff format python kernels tests benchmarks
 	$(VENV)/bin/clang-format -i csrc/*.cc csrc/*.h
 
 bench-export: setup
