@@ -10,6 +10,7 @@ except PackageNotFoundError:  # running from a source tree without an install
 from featx.errors import FeatxError, ParityError
 from featx.export import ExportResult, export
 from featx.extract import ExtractSummary, extract
+from featx.fuse import FuseReport, fuse
 from featx.metadata import ModelMetadata, Preprocess, read_metadata
 from featx.models import get_extractor, list_extractors, register_extractor
 from featx.runner import Runner
@@ -18,6 +19,7 @@ __all__ = [
     "ExportResult",
     "ExtractSummary",
     "FeatxError",
+    "FuseReport",
     "ModelMetadata",
     "ParityError",
     "Preprocess",
@@ -25,6 +27,7 @@ __all__ = [
     "__version__",
     "export",
     "extract",
+    "fuse",
     "get_extractor",
     "list_extractors",
     "read_metadata",

@@ -43,14 +43,15 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--min-cosine", type=float, help="parity gate: minimum cosine")
     parser.add_argument("--max-rel", type=float, help="parity gate: max-abs / feature scale")
+    parser.add_argument("--fuse", action="store_true", help="export the featx.fuse'd model")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
-    from featx.extract import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE
+    from featx.extract import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE
     from featx.shards import FORMATS
 
-    parser.add_argument("model", help="an .onnx file written by featx-export")
+    parser.add_argument("model", help="an .onnx file (--backend torch: a featx checkpoint)")
     parser.add_argument("input", help="a folder (recursive), a quoted glob, or a list file")
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
@@ -72,6 +73,9 @@ def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="discard output already there")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnx", help="model runtime")
+    parser.add_argument("--fuse", action="store_true", help="--backend torch: featx.fuse kernels")
+    parser.add_argument("--arch", help="--backend torch: architecture of a plain state_dict")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -93,6 +97,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             trust_pickle=args.trust_pickle,
             min_cosine=args.min_cosine,
             max_rel=args.max_rel,
+            fuse=args.fuse,
             on_stage=lambda text: status.update(text),
         )
     summary = {
@@ -110,6 +115,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         "total_seconds": round(result.total_seconds, 3),
         "parity": result.parity.to_dict(),
     }
+    if result.fuse is not None:
+        summary["fused"] = dict(result.fuse.fused)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -130,6 +137,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     stdout.print(f"gate: cosine >= {gate.min_cosine}{rel}: passed")
     for reason in result.fold.skipped:
         stdout.print(f"[yellow]not folded[/]: {reason}")
+    if result.fuse is not None:
+        stdout.print(result.fuse.summary(), markup=False)
     stdout.print(
         f"wrote {result.path} ({result.file_bytes / 2**20:.1f} MiB): {result.metadata.arch} "
         f"layer {result.metadata.layer} pool {result.metadata.pooling} -> "
@@ -248,6 +257,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         console=stderr,
+        backend=args.backend,
+        fuse=args.fuse,
+        arch=args.arch,
     )
     print_summary(summary, stdout)
     return 0

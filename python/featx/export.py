@@ -1,8 +1,9 @@
 """featx-export: checkpoint -> verified, self-describing ONNX file.
 
-load -> cut at the feature layer + pool -> fold BatchNorm, drop dropout -> torch.onnx (dynamic
-batch) -> parity against the unfolded eager model on random inputs and real photos -> metadata
--> atomic write. Nothing is written unless every step passes.
+load -> cut at the feature layer + pool -> fold BatchNorm, drop dropout (or, with ``fuse``,
+featx.fuse: the fused custom ops export as standard ONNX) -> torch.onnx (dynamic batch) ->
+parity against the unfolded eager model on random inputs and real photos -> metadata -> atomic
+write. Nothing is written unless every step passes.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from featx.errors import FeatxError, ParityError
 from featx.features import FeatureLayout, build_feature_model
 from featx.files import write_atomic
 from featx.fold import FoldReport, fold_batchnorm
+from featx.fuse import FuseReport, fuse_graph
 from featx.metadata import ModelMetadata, Preprocess
 from featx.models.checkpoint import load_model
+from featx.onnx_translations import custom_translation_table
 from featx.ort_config import cpu_session
 from featx.parity import ParityGate, ParityReport, compare, parity_inputs
 
@@ -53,6 +56,7 @@ class ExportResult:
     convert_seconds: float
     total_seconds: float
     file_bytes: int
+    fuse: FuseReport | None = None
 
 
 class HalfPrecision(nn.Module):
@@ -84,10 +88,13 @@ def export(
     trust_pickle: bool = False,
     min_cosine: float | None = None,
     max_rel: float | None = None,
+    fuse: bool = False,
     on_stage: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Exports ``model`` (a model file) to a verified ONNX file and returns what was measured.
 
+    ``fuse`` exports the featx.fuse model (its kernels translated to standard ONNX ops); the
+    parity gate still compares against the unfused eager model.
     Raises FeatxError for bad input (nothing written) and ParityError when ONNX Runtime's output
     leaves the parity gate (nothing written; the figures are in the message).
     """
@@ -96,6 +103,11 @@ def export(
     model_path = Path(model)
     out_path = Path(output) if output is not None else model_path.with_suffix(".onnx")
     _check_options(out_path, opset, exporter, input_size, fp16, fp16_io)
+    if fuse and exporter != "dynamo":
+        raise FeatxError(
+            "--fuse needs the dynamo exporter (it translates featx's fused ops); drop --exporter "
+            f"{exporter}."
+        )
 
     stage("loading model")
     loaded = load_model(model_path, arch=arch, trust_pickle=trust_pickle)
@@ -114,18 +126,25 @@ def export(
         input_size=preprocess.crop_size,
     )
 
-    stage("folding BatchNorm")
+    stage("fusing onto featx kernels" if fuse else "folding BatchNorm")
     inference = copy.deepcopy(reference)
+    fuse_report = None
     if isinstance(inference.body, fx.GraphModule):
-        fold = fold_batchnorm(inference.body)
+        if fuse:
+            fuse_report = fuse_graph(inference.body)
+            fold = fuse_report.fold
+        else:
+            fold = fold_batchnorm(inference.body)
     else:
         fold = FoldReport(skipped=["model is not traceable by torch.fx; nothing folded"])
+        if fuse:
+            fuse_report = FuseReport(left=["model is not traceable by torch.fx; nothing fused"])
     if fp16:
         inference = HalfPrecision(inference, half_io=fp16_io).eval()
 
     stage(f"converting to ONNX ({exporter})")
     convert_started = time.perf_counter()
-    proto = _convert(inference, preprocess.crop_size, opset, exporter)
+    proto = _convert(inference, preprocess.crop_size, opset, exporter, fuse)
     convert_seconds = time.perf_counter() - convert_started
     if proto.ByteSize() >= _PROTOBUF_LIMIT:
         raise FeatxError(
@@ -157,7 +176,12 @@ def export(
         io_dtype="float16" if fp16_io else "float32",
         opset=opset,
         bn_folded=len(fold.folded),
-        source={**loaded.source, "exporter": exporter, "torch": torch.__version__},
+        source={
+            **loaded.source,
+            "exporter": exporter,
+            "torch": torch.__version__,
+            **({"fused": dict(fuse_report.fused)} if fuse_report is not None else {}),
+        },
         parity=report.to_dict(),
     )
     onnx.helper.set_model_props(proto, metadata.to_props())
@@ -172,6 +196,7 @@ def export(
         convert_seconds=convert_seconds,
         total_seconds=time.perf_counter() - started,
         file_bytes=out_path.stat().st_size,
+        fuse=fuse_report,
     )
 
 
@@ -213,18 +238,25 @@ def _check_options(
         raise FeatxError("--fp16-io needs --fp16 (half-precision inputs feed a half model).")
 
 
-def _convert(model: nn.Module, size: int, opset: int, exporter: str) -> onnx.ModelProto:
+def _convert(
+    model: nn.Module, size: int, opset: int, exporter: str, fused: bool = False
+) -> onnx.ModelProto:
     example = torch.randn(2, 3, size, size)
     if isinstance(model, HalfPrecision) and model.half_io:
         example = example.half()
     try:
-        return _run_exporter(model, example, opset, exporter)
+        return _run_exporter(model, example, opset, exporter, fused)
     except Exception as err:
         op = _failing_op(err)
         where = f" at op {op}" if op else ""
         summary = f"torch.onnx ({exporter} exporter) could not export the model{where}: "
         summary += _error_line(err)
         fallback = "torchscript" if exporter == "dynamo" else "dynamo"
+        if fused:
+            raise FeatxError(
+                summary + ". A fused model exports only with the dynamo exporter; export without "
+                "--fuse to see whether the unfused model exports."
+            ) from err
         try:
             _run_exporter(model, example, opset, fallback)
         except Exception:
@@ -240,7 +272,7 @@ def _convert(model: nn.Module, size: int, opset: int, exporter: str) -> onnx.Mod
 
 
 def _run_exporter(
-    model: nn.Module, example: torch.Tensor, opset: int, exporter: str
+    model: nn.Module, example: torch.Tensor, opset: int, exporter: str, fused: bool = False
 ) -> onnx.ModelProto:
     """One export attempt, with torch.onnx's progress chatter kept off the user's terminal."""
     chatter = io.StringIO()
@@ -261,6 +293,7 @@ def _run_exporter(
                 output_names=[OUTPUT_NAME],
                 dynamic_shapes={INPUT_NAME: {0: batch}},
                 external_data=False,
+                custom_translation_table=custom_translation_table() if fused else None,
             )
             return program.model_proto
         buffer = io.BytesIO()

@@ -1,8 +1,9 @@
 """featx extract: a folder of images in, sharded embeddings out, nothing lost.
 
-inputs -> C++ pipeline (decode, resize, crop, normalise in worker threads) -> C++ ORT session ->
-shards written atomically -> manifest. See featx.shards for the output layout and featx.inputs
-for the input order.
+inputs -> C++ pipeline (decode, resize, crop, normalise in worker threads) -> model backend (the
+C++ ORT session over an exported .onnx, or with ``backend="torch"`` a checkpoint's feature model
+in PyTorch, optionally featx.fuse'd) -> shards written atomically -> manifest. See featx.shards
+for the output layout and featx.inputs for the input order.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from rich.console import Console
@@ -31,9 +33,23 @@ from featx.shards import (
     remove_stale_temporaries,
 )
 
+BACKENDS = ("onnx", "torch")
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_SHARD_SIZE = 4096
 PREFETCH_BATCHES = 3
+
+
+class ModelBackend(Protocol):
+    """What extraction needs of a model: featx.Runner (ONNX) and featx.TorchRunner provide it."""
+
+    arch: str
+    embedding_dim: int
+
+    def run(self, images: np.ndarray) -> np.ndarray: ...
+
+    def pipeline(
+        self, paths: list[str], batch_ends: list[int], workers: int, prefetch: int
+    ) -> object: ...
 
 
 class Interrupted(FeatxError):
@@ -77,11 +93,16 @@ def extract(
     overwrite: bool = False,
     progress: bool = True,
     console: Console | None = None,
+    backend: str = "onnx",
+    fuse: bool = False,
+    arch: str | None = None,
 ) -> ExtractSummary:
     """Extracts embeddings of every image in ``inputs`` into shards under ``out_dir``.
 
     ``resume=None`` resumes when ``out_dir`` holds a manifest of the same job, ``True`` requires
     one, ``False`` refuses to touch existing output; ``overwrite`` discards whatever is there.
+    ``backend="onnx"`` runs a featx-exported .onnx file; ``backend="torch"`` runs a checkpoint
+    (``arch`` for a plain state_dict) in PyTorch, through featx.fuse's kernels when ``fuse``.
     """
     started = time.perf_counter()
     console = console or Console(stderr=True)
@@ -97,17 +118,22 @@ def extract(
     if out.exists() and not out.is_dir():
         raise FeatxError(f"output {out} exists and is not a folder")
 
-    runner = Runner(model, device=device, threads=threads, spinning=False)
+    runner = _open_backend(model, backend, device, threads, fuse, arch)
     writer = ShardWriter(out, fmt, dtype)
     job = Manifest(
         model={
             "path": str(model),
             "sha256": file_sha256(Path(model)),
-            "arch": runner.metadata.arch,
+            "arch": runner.arch,
             "embedding_dim": runner.embedding_dim,
         },
         inputs={"count": len(paths), "sha256": inputs_fingerprint(paths)},
-        settings={"format": fmt, "dtype": dtype, "shard_size": shard_size},
+        settings={
+            "format": fmt,
+            "dtype": dtype,
+            "shard_size": shard_size,
+            **({"backend": backend, "fuse": fuse} if backend != "onnx" else {}),
+        },
         featx_version=__version__,
     )
     _prepare_out_dir(out, job, writer, resume, overwrite, console)
@@ -132,6 +158,23 @@ def extract(
         out_dir=out,
     )
     return summary
+
+
+def _open_backend(
+    model: str | Path, backend: str, device: str, threads: int, fuse: bool, arch: str | None
+) -> ModelBackend:
+    if backend not in BACKENDS:
+        raise FeatxError(f"unknown backend {backend!r}; choose {' or '.join(BACKENDS)}")
+    if backend == "onnx":
+        if fuse or arch is not None:
+            raise FeatxError(
+                "--fuse and --arch apply to --backend torch (a checkpoint run in PyTorch); an "
+                ".onnx model is already folded and runs on ONNX Runtime."
+            )
+        return Runner(model, device=device, threads=threads, spinning=False)
+    from featx.torch_runner import TorchRunner
+
+    return TorchRunner(model, arch=arch, device=device, fuse_kernels=fuse, threads=threads)
 
 
 def _prepare_out_dir(
@@ -204,7 +247,7 @@ class _Extraction:
 
     def __init__(
         self,
-        runner: Runner,
+        runner: ModelBackend,
         writer: ShardWriter,
         job: Manifest,
         out: Path,

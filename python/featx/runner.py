@@ -47,6 +47,10 @@ class Runner:
         self.device = device
 
     @property
+    def arch(self) -> str:
+        return self.metadata.arch
+
+    @property
     def embedding_dim(self) -> int:
         return int(self._session.embedding_dim)
 

@@ -1,0 +1,88 @@
+"""featx.TorchRunner: a checkpoint's feature model run by PyTorch (optionally featx.fuse'd),
+behind the same interface as featx.Runner, so `featx extract --backend torch` reuses the C++
+decode/preprocess pipeline, the shards, the manifest and resume unchanged.
+
+On CUDA the model runs in float16 with channels_last activations (the fused kernels' native
+layout); on CPU in float32 (fused ops then compute with PyTorch ops unless TRITON_INTERPRET=1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featx.errors import FeatxError
+from featx.features import build_feature_model
+from featx.fuse import FuseReport, fuse
+from featx.metadata import Preprocess
+from featx.models.checkpoint import load_model
+from featx.preprocess import spec_dict
+from featx.runtime import native
+
+DEVICES = ("cpu", "cuda")
+
+
+class TorchRunner:
+    """Runs batches of preprocessed images through a checkpoint's feature model in PyTorch."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        arch: str | None = None,
+        device: str = "cpu",
+        fuse_kernels: bool = False,
+        threads: int = 0,
+        trust_pickle: bool = False,
+    ):
+        path = Path(model)
+        if not path.is_file():
+            raise FeatxError(f"no such model file: {path}")
+        if device not in DEVICES:
+            raise FeatxError(f"unknown device {device!r}; choose {' or '.join(DEVICES)}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise FeatxError(
+                "--device cuda: PyTorch sees no CUDA GPU here; use --device cpu or a CUDA build "
+                "of PyTorch on a GPU machine."
+            )
+        if threads > 0:
+            torch.set_num_threads(threads)
+        loaded = load_model(path, arch=arch, trust_pickle=trust_pickle)
+        extractor = loaded.extractor
+        self.preprocess: Preprocess = extractor.preprocess
+        feature_model, layout = build_feature_model(
+            loaded.module,
+            layer=extractor.layer,
+            pool=extractor.pool,
+            normalize=False,
+            input_size=self.preprocess.crop_size,
+        )
+        self.fuse_report: FuseReport | None = None
+        if fuse_kernels:
+            feature_model = fuse(feature_model)
+            self.fuse_report = feature_model.fuse_report
+        self.dtype = torch.float16 if device == "cuda" else torch.float32
+        self.device = torch.device(device)
+        self.model = feature_model.eval().to(self.device, self.dtype)
+        if device == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.arch = loaded.arch
+        self.embedding_dim = layout.embedding_dim
+        self.path = path
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """(batch, 3, H, W) float32 images -> (batch, D) float32 embeddings."""
+        batch = torch.from_numpy(images).to(self.device, self.dtype)
+        if self.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self.model(batch).float().cpu().numpy()
+
+    def pipeline(
+        self, paths: list[str], batch_ends: list[int], workers: int, prefetch: int
+    ) -> object:
+        """The C++ decode/preprocess pipeline, configured by the checkpoint's preprocessing."""
+        spec = spec_dict(self.preprocess, output="float32")
+        return native().BatchPipeline(paths, batch_ends, spec, workers, prefetch)
