@@ -25,11 +25,17 @@ OP = "conv_bn_relu"
 def conv_configs() -> list[triton.Config]:
     """Tile shapes tried by the autotuner (per problem shape, see the kernel's key).
 
-    Under the interpreter one large tile: its cost grows with the number of programs, not with
-    the tile size (ENV.md: 0.014 s vs 2.9 s for a 256^3 matmul).
+    Under the interpreter, one large tile per problem (_prune_configs picks the widest that
+    fits): its cost grows with the number of programs (ENV.md: a 256^3 matmul takes 0.014 s in
+    one block, 2.9 s in 32x32 blocks), but a tile far wider than the channels multiplies numpy
+    work on padding (small_cnn's 3-channel stem: 5.4 s per batch with 128-wide BLOCK_K).
     """
     if INTERPRET:
-        return [triton.Config({"BLOCK_M": 256, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8})]
+        return [
+            triton.Config({"BLOCK_M": 1024, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8})
+            for n in (16, 32, 64, 128, 256)
+            for k in (16, 32, 64, 128)
+        ]
     tiles = [
         # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages
         (128, 128, 64, 8, 3),
@@ -56,14 +62,19 @@ def conv_configs() -> list[triton.Config]:
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **_: object) -> list:
     """Drops tiles far wider than the problem: a BLOCK_K above the channel count (the stem's
-    C=3) or a BLOCK_N above the output channels only multiplies masked work."""
+    C=3) or a BLOCK_N above the output channels only multiplies masked work. Under the
+    interpreter, keeps only the widest tile left."""
     channels, out_channels = named_args["C"], named_args["K"]
     widest_k = max(16, triton.next_power_of_2(channels))
     widest_n = max(16, triton.next_power_of_2(out_channels))
     kept = [
         c for c in configs if c.kwargs["BLOCK_K"] <= widest_k and c.kwargs["BLOCK_N"] <= widest_n
     ]
-    return kept or configs[-1:]
+    if not kept:
+        kept = [min(configs, key=lambda c: (c.kwargs["BLOCK_K"], c.kwargs["BLOCK_N"]))]
+    if INTERPRET:
+        return [max(kept, key=lambda c: (c.kwargs["BLOCK_K"], c.kwargs["BLOCK_N"]))]
+    return kept
 
 
 @triton.autotune(
