@@ -149,7 +149,7 @@ def test_what_cannot_be_fused_stays_pytorch_and_is_reported():
     model = randomize_batchnorm(_Unfusable()).eval()
     fused = featx.fuse(model)
     report = fused.fuse_report
-    assert not report.fused
+    assert not report.fused, report.summary()
     assert len(report.left) == 3
     assert any("groups=8" in entry for entry in report.left)
     assert any("attention weights are used" in entry for entry in report.left)
@@ -216,6 +216,15 @@ def test_fused_attention_export_passes_the_parity_gate(make_checkpoint, tmp_path
     assert result.fuse.fused == {"scaled_dot_product_attention": 2}
     ops = {node.op_type for node in onnx.load(result.path).graph.node}
     assert {"MatMul", "Softmax"} <= ops
+
+
+def test_cli_export_with_fuse_reports_the_fused_blocks(make_checkpoint, tmp_path, capsys):
+    checkpoint, _ = make_checkpoint("small_cnn")
+    out = tmp_path / "cli.onnx"
+    assert main(["export", str(checkpoint), "-o", str(out), "--fuse", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["fused"] == {"conv+bn+relu": 2}
+    assert out.is_file()
 
 
 def test_fuse_with_torchscript_exporter_is_a_clear_error(make_checkpoint, tmp_path):

@@ -179,7 +179,10 @@ def _fuse_module(module: nn.Module, report: FuseReport, prefix: str) -> nn.Modul
     except Exception as err:
         children = list(module.named_children())
         if not children:
-            report.left.append(f"{prefix or type(module).__name__}: not traceable ({err})")
+            # Parameter-free leaves (pooling heads, say) hold nothing fusable: no report entry.
+            if any(True for _ in module.parameters()):
+                where = prefix.rstrip(".") or type(module).__name__
+                report.left.append(f"{where}: not traceable by torch.fx ({err})")
             return module
         for name, child in children:
             setattr(module, name, _fuse_module(child, report, f"{prefix}{name}."))
@@ -244,6 +247,9 @@ def _fuse_conv(
 ) -> None:
     conv = modules[node.target]
     where = prefix + node.target
+    if len(node.args) != 1 or node.kwargs:
+        report.left.append(f"{where}: called with other than one positional input")
+        return
     if conv.groups != 1:
         report.left.append(f"{where}: grouped/depthwise conv (groups={conv.groups})")
         return
