@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
@@ -54,6 +54,19 @@ def train_transform(
     )
 
 
+class PilGaussianBlur:
+    """Gaussian blur of a PIL image with sigma drawn from [low, high] by torch's RNG (so runs
+    are repeatable). PIL's filter: torchvision's GaussianBlur took 39 ms on a 32x32 image here,
+    PIL's well under 1 ms."""
+
+    def __init__(self, low: float, high: float):
+        self.low, self.high = low, high
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        sigma = float(torch.empty(1).uniform_(self.low, self.high))
+        return image.filter(ImageFilter.GaussianBlur(radius=sigma))
+
+
 def two_views(
     preprocess: Preprocess, flip: bool = True
 ) -> Callable[[Image.Image], tuple[torch.Tensor, torch.Tensor]]:
@@ -66,7 +79,7 @@ def two_views(
         ),
         transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         transforms.RandomGrayscale(p=0.2),
-        transforms.RandomApply([transforms.GaussianBlur(3, sigma=(0.1, 1.5))], p=0.5),
+        transforms.RandomApply([PilGaussianBlur(0.1, 1.5)], p=0.5),
     ]
     if flip:
         steps.append(transforms.RandomHorizontalFlip())
