@@ -327,9 +327,8 @@ def test_simsiam_on_torchvision_arch_trains_its_backbone(tmp_path, small_folder)
         "resnet18",
         tmp_path / "r.pt",
         method="simsiam",
-        **{**FAST, "epochs": 1},
+        **{**FAST, "epochs": 1, "batch_size": 8},
         image_size=32,
-        batch_size=8,
     )
     trained = torch.load(result.checkpoint, weights_only=True)["state_dict"]
     torch.manual_seed(0)

@@ -317,7 +317,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         options.pop("arch"),
         options.pop("output"),
         progress=not args.quiet,
-        console=None if args.json else stdout,
+        console=stderr if args.json else stdout,
         **options,
     )
     if args.json:

@@ -19,11 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from featx.errors import FeatxError
 from featx.shards import read_features
@@ -68,6 +63,13 @@ def score_features(
     seed: int = 0,
 ) -> FeatureScores:
     """k-NN and linear-probe accuracy of ``features`` (rows, D) for ``labels`` on a fixed split."""
+    # scikit-learn is imported here, not at module level: `import featx` stays light.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     labels = np.asarray(labels)
     counts = Counter(labels.tolist())
     if len(counts) < 2:

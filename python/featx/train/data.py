@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.model_selection import train_test_split
 
 from featx.errors import FeatxError, ImageDecodeError
 from featx.inputs import IMAGE_SUFFIXES
@@ -46,6 +45,8 @@ class TrainingData:
 
     def split(self, val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
         """Stratified (when labeled) train/val split fixed by ``seed``."""
+        from sklearn.model_selection import train_test_split  # heavy import, only when training
+
         if not 0 < val_fraction < 1:
             raise FeatxError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
         indices = np.arange(len(self.samples))
