@@ -8,14 +8,17 @@ except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+source"
 
 from featx.errors import FeatxError, ParityError
+from featx.evaluate import EvalResult, evaluate
 from featx.export import ExportResult, export
 from featx.extract import ExtractSummary, extract
 from featx.fuse import FuseReport, fuse
 from featx.metadata import ModelMetadata, Preprocess, read_metadata
 from featx.models import get_extractor, list_extractors, register_extractor
 from featx.runner import Runner
+from featx.train import TrainResult, train
 
 __all__ = [
+    "EvalResult",
     "ExportResult",
     "ExtractSummary",
     "FeatxError",
@@ -24,7 +27,9 @@ __all__ = [
     "ParityError",
     "Preprocess",
     "Runner",
+    "TrainResult",
     "__version__",
+    "evaluate",
     "export",
     "extract",
     "fuse",
@@ -32,4 +37,5 @@ __all__ = [
     "list_extractors",
     "read_metadata",
     "register_extractor",
+    "train",
 ]

@@ -265,6 +265,93 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from featx.train import METHODS, STRATEGIES
+    from featx.train.augment import AUGMENTATIONS
+    from featx.train.loop import OPTIMIZERS
+
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="class-per-folder dir, CSV path,label, "
+        "or (simsiam/distill) a folder of unlabeled images",
+    )
+    parser.add_argument("--arch", required=True, help="architecture (`featx models`)")
+    parser.add_argument("-o", "--output", required=True, help="output featx checkpoint (.pt)")
+    parser.add_argument("--method", choices=METHODS, default="supervised")
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="full",
+        help="linear: head only; partial: head + last --blocks blocks; full",
+    )
+    parser.add_argument(
+        "--blocks", type=int, default=1, help="blocks trained by --strategy partial"
+    )
+    parser.add_argument("--init", help="starting weights: a local state_dict or featx checkpoint")
+    parser.add_argument("--teacher", help="teacher featx checkpoint for --method distill")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, help="peak learning rate (adamw 1e-3, sgd 0.05)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (Nesterov)")
+    parser.add_argument("--weight-decay", type=float, help="default: adamw 0.05, sgd 5e-4")
+    parser.add_argument("--warmup-epochs", type=float, default=1.0)
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--patience", type=int, default=5, help="early stopping (0: off)")
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--augment", choices=AUGMENTATIONS, default="standard")
+    parser.add_argument("--image-size", type=int, help="input size (default: the arch's)")
+    parser.add_argument("--temperature", type=float, default=4.0, help="distill: softmax T")
+    parser.add_argument("--alpha", type=float, default=0.5, help="distill: soft-target weight")
+    parser.add_argument(
+        "--feature-weight",
+        type=float,
+        default=0.0,
+        help="distill: weight of the feature-matching loss (0: off)",
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 on CUDA")
+    parser.add_argument("--workers", type=int, help="data loader processes")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT.state")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from featx.train import train
+    from featx.train.job import print_result
+
+    options = {k: v for k, v in vars(args).items() if k not in ("run", "command", "quiet", "json")}
+    result = train(
+        options.pop("data"),
+        options.pop("arch"),
+        options.pop("output"),
+        progress=not args.quiet,
+        console=stderr if args.json else stdout,
+        **options,
+    )
+    if args.json:
+        print(json.dumps(result.summary(), indent=2))
+    else:
+        print_result(result, stdout)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from featx.evaluate import evaluate, print_eval
+
+    result = evaluate(
+        args.features, args.labels, k=args.k, test_fraction=args.test_fraction, seed=args.seed
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print_eval(result, stdout)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from featx.demo import run_demo
 
@@ -298,6 +385,19 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--arch", help="architecture of a plain state_dict")
     layers.add_argument("--trust-pickle", action="store_true")
     layers.set_defaults(run=_cmd_layers)
+
+    train = commands.add_parser("train", help="train / fine-tune / pretrain / distill a model")
+    _add_train_arguments(train)
+    train.set_defaults(run=_cmd_train)
+
+    evaluate = commands.add_parser("eval", help="k-NN + linear-probe accuracy of features")
+    evaluate.add_argument("features", help="an output folder of featx extract")
+    evaluate.add_argument("--labels", required=True, help="CSV path,label, or 'folder'")
+    evaluate.add_argument("--k", type=int, default=5, help="neighbours for k-NN")
+    evaluate.add_argument("--test-fraction", type=float, default=0.2)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(run=_cmd_eval)
 
     demo = commands.add_parser("demo", help="end-to-end run on real digits (CPU, ~1 min)")
     demo.add_argument("-o", "--output", default="featx-demo", help="output folder")

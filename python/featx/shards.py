@@ -182,3 +182,51 @@ def remove_stale_temporaries(out_dir: Path) -> int:
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)
+
+
+def read_features(out_dir: str | Path) -> tuple[list[str], np.ndarray, list[dict[str, str]]]:
+    """Everything a finished (or partly finished) OUTDIR holds: ids and embeddings of every row,
+    in input order, and the errors; shards are found through the manifest, checksums verified."""
+    out = Path(out_dir)
+    manifest = Manifest.load(out) if out.is_dir() else None
+    if manifest is None:
+        raise FeatxError(
+            f"{out} holds no {MANIFEST}: it is not an output folder of `featx extract`"
+        )
+    if not manifest.shards:
+        raise FeatxError(f"{out}: the manifest lists no finished shards; run featx extract first")
+    ids: list[str] = []
+    blocks: list[np.ndarray] = []
+    errors: list[dict[str, str]] = []
+    for index in sorted(manifest.shards):
+        entry = manifest.shards[index]
+        payloads = {}
+        for key, name in entry["files"].items():
+            path = out / name
+            data = path.read_bytes() if path.is_file() else b""
+            if sha256_bytes(data) != entry["sha256"][key]:
+                raise FeatxError(
+                    f"{path} is missing or does not match its checksum in the manifest; rerun "
+                    "featx extract on this folder to repair it"
+                )
+            payloads[key] = data
+        shard_ids, features = _decode_shard(payloads)
+        ids.extend(shard_ids)
+        blocks.append(features)
+        errors.extend(entry["errors"])
+    return ids, np.concatenate(blocks).astype(np.float32, copy=False), errors
+
+
+def _decode_shard(payloads: dict[str, bytes]) -> tuple[list[str], np.ndarray]:
+    import io
+
+    if "ids" in payloads:
+        features = np.load(io.BytesIO(payloads["features"]), allow_pickle=False)
+        return json.loads(payloads["ids"]), features
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(payloads["features"]))
+    embeddings = table.column("embedding").combine_chunks()
+    dim = embeddings.type.list_size
+    features = embeddings.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return table.column("id").to_pylist(), features

@@ -1,0 +1,368 @@
+"""`featx train` / `featx.train`: data + method + loop -> a featx checkpoint, curves, summary.
+
+Everything that can be wrong with the input (data, arch, --init, teacher, settings) is checked
+before anything is written. Files written, all atomically: OUTPUT (the featx checkpoint, best
+weights so far, replaced every epoch), OUTPUT.state (full training state for --resume, removed
+when the run completes) and OUTPUT stem + ``.curves.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from featx.errors import FeatxError
+from featx.inputs import IMAGE_SUFFIXES
+from featx.metadata import Preprocess
+from featx.models import get_extractor
+from featx.models.checkpoint import _final_linear_name, save_checkpoint
+from featx.train.augment import eval_transform, train_transform, two_views
+from featx.train.data import ImageDataset, TrainingData, load_training_data
+from featx.train.distill import DistillObjective, load_teacher
+from featx.train.loop import LoopConfig, LoopResult, run_loop
+from featx.train.report import print_summary, write_curves
+from featx.train.simsiam import SimSiamObjective, build_simsiam
+from featx.train.supervised import (
+    STRATEGIES,
+    SupervisedObjective,
+    apply_strategy,
+    build_classifier,
+    load_init,
+)
+
+METHODS = ("supervised", "simsiam", "distill")
+DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
+DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "sgd": 5e-4}
+CUDA_LOADER_WORKERS = 4
+
+
+class TrainingInterrupted(FeatxError):
+    """Ctrl-C: the last finished epoch is kept; --resume continues from it."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    curves: Path
+    method: str
+    arch: str
+    classes: list[str]
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_accuracy: float | None
+    stopped_early: bool
+    train_images: int
+    val_images: int
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    trainable_parameters: int = 0
+    parameters: int = 0
+    resumed_from_epoch: int = 0
+    seconds: float = 0.0
+    device: str = "cpu"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "arch": self.arch,
+            "checkpoint": str(self.checkpoint),
+            "curves": str(self.curves),
+            "num_classes": len(self.classes),
+            "train_images": self.train_images,
+            "val_images": self.val_images,
+            "skipped_images": len(self.skipped),
+            "trainable_parameters": self.trainable_parameters,
+            "parameters": self.parameters,
+            "epochs_run": len(self.history),
+            "resumed_from_epoch": self.resumed_from_epoch,
+            "stopped_early": self.stopped_early,
+            "best_epoch": self.best_epoch,
+            "best_val_accuracy": self.best_val_accuracy,
+            "final_train_loss": self.history[-1]["train_loss"],
+            "seconds": round(self.seconds, 2),
+            "device": self.device,
+        }
+
+
+def train(
+    data: str | Path,
+    arch: str,
+    output: str | Path,
+    *,
+    method: str = "supervised",
+    strategy: str = "full",
+    blocks: int = 1,
+    init: str | Path | None = None,
+    teacher: str | Path | None = None,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float | None = None,
+    optimizer: str = "adamw",
+    momentum: float = 0.9,
+    weight_decay: float | None = None,
+    warmup_epochs: float = 1.0,
+    label_smoothing: float = 0.1,
+    patience: int = 5,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    augment: str = "standard",
+    image_size: int | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.5,
+    feature_weight: float = 0.0,
+    device: str = "auto",
+    amp: bool = True,
+    workers: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+    on_epoch: Callable[[int, LoopResult], None] | None = None,
+) -> TrainResult:
+    """Trains ``arch`` on ``data`` and writes a featx checkpoint to ``output``.
+
+    ``method``: ``supervised`` (transfer learning with ``strategy`` linear|partial|full),
+    ``simsiam`` (self-supervised, unlabeled) or ``distill`` (from ``teacher``, labeled or not).
+    """
+    started = time.perf_counter()
+    if method not in METHODS:
+        raise FeatxError(f"unknown --method {method!r}; choose {', '.join(METHODS)}")
+    if strategy not in STRATEGIES:
+        raise FeatxError(f"unknown --strategy {strategy!r}; choose {', '.join(STRATEGIES)}")
+    if method != "supervised" and strategy != "full":
+        raise FeatxError(f"--strategy applies to supervised training; {method} trains all")
+    if method == "distill" and teacher is None:
+        raise FeatxError("--method distill needs --teacher TEACHER.pt (a featx checkpoint)")
+    if method != "distill" and teacher is not None:
+        raise FeatxError("--teacher is only used with --method distill")
+    if batch_size < 2:
+        raise FeatxError(f"--batch-size must be >= 2 (BatchNorm needs it), got {batch_size}")
+    lr = DEFAULT_LR.get(optimizer, 1e-3) if lr is None else lr
+    weight_decay = (
+        DEFAULT_WEIGHT_DECAY.get(optimizer, 0.0) if weight_decay is None else weight_decay
+    )
+    loop_config = LoopConfig(
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        optimizer=optimizer,
+        momentum=momentum,
+        warmup_epochs=warmup_epochs,
+        patience=patience,
+        device=_resolve_device(device),
+        amp=amp,
+    )
+    extractor = get_extractor(arch)
+    preprocess = (
+        extractor.preprocess
+        if image_size is None
+        else Preprocess.for_crop(image_size, extractor.preprocess)
+    )
+    output = Path(output)
+    if output.is_dir():
+        raise FeatxError(f"-o {output} is a directory; pass a file name such as model.pt")
+
+    labeled = method == "supervised" or (method == "distill" and _looks_labeled(Path(data)))
+    dataset = load_training_data(data, labeled=labeled)
+    train_samples, val_samples = dataset.split(val_fraction, seed)
+    if len(train_samples) < 2:
+        raise FeatxError(f"{data}: {len(train_samples)} training image(s) is too few to train")
+
+    torch.manual_seed(seed)
+    classes = dataset.classes
+    if method == "simsiam":
+        model, simsiam = build_simsiam(extractor, preprocess.crop_size)
+        if init is not None:
+            load_init(model, arch, init, _final_linear_name(model))
+        objective: torch.nn.Module = SimSiamObjective(model, simsiam)
+        trainable = total = sum(p.numel() for p in model.parameters())
+        transforms = (two_views(preprocess, augment == "standard"),) * 2
+    else:
+        teacher_model = None
+        if method == "distill":
+            teacher_model, num_classes, classes = _checked_teacher(teacher, dataset)
+        else:
+            num_classes = len(classes)
+        model, head = build_classifier(extractor, num_classes)
+        if init is not None:
+            load_init(model, arch, init, head)
+        plan = apply_strategy(model, head, strategy, blocks)
+        trainable, total = plan.trainable_parameters, plan.total_parameters
+        if teacher_model is None:
+            objective = SupervisedObjective(model, plan, label_smoothing)
+        else:
+            objective = DistillObjective(
+                model,
+                teacher_model,
+                preprocess,
+                student_tap=(extractor.layer, extractor.pool),
+                temperature=temperature,
+                alpha=alpha,
+                feature_weight=feature_weight,
+                label_smoothing=label_smoothing,
+                input_size=preprocess.crop_size,
+            )
+        transforms = (train_transform(preprocess, augment), eval_transform(preprocess))
+
+    config = {
+        "data": str(Path(data).resolve()),
+        "arch": arch,
+        "method": method,
+        "strategy": strategy,
+        "blocks": blocks,
+        "init": None if init is None else str(Path(init).resolve()),
+        "teacher": None if teacher is None else str(Path(teacher).resolve()),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": optimizer,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "warmup_epochs": warmup_epochs,
+        "label_smoothing": label_smoothing,
+        "patience": patience,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "augment": augment,
+        "image_size": preprocess.crop_size,
+        "temperature": temperature,
+        "alpha": alpha,
+        "feature_weight": feature_weight,
+        "amp": amp,
+    }
+    shuffle = torch.Generator().manual_seed(seed)
+    workers = (
+        (CUDA_LOADER_WORKERS if loop_config.device == "cuda" else 0) if workers is None else workers
+    )
+    train_loader = torch.utils.data.DataLoader(
+        ImageDataset(train_samples, transforms[0]),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=shuffle,
+        drop_last=len(train_samples) >= batch_size,
+        num_workers=workers,
+    )
+    val_loader = torch.utils.data.DataLoader(
+        ImageDataset(val_samples, transforms[1]), batch_size=batch_size, num_workers=workers
+    )
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    state_path = output.with_name(output.name + ".state")
+    curves_path = output.with_name(output.stem + ".curves.png")
+
+    def save_model(state: dict[str, torch.Tensor], result: LoopResult) -> None:
+        # A CPU copy holds the weights to save, so the model in training is never touched.
+        snapshot = copy.deepcopy(model).to("cpu")
+        snapshot.load_state_dict(state)
+        save_checkpoint(
+            output,
+            snapshot,
+            arch,
+            preprocess=preprocess,
+            classes=classes,
+            training={
+                **config,
+                "best_epoch": result.best_epoch,
+                "best_val_accuracy": result.best_metric,
+                "epochs_run": len(result.history),
+            },
+        )
+
+    def after_epoch(epoch: int, result: LoopResult) -> None:
+        save_model(_best_or_current(result, model), result)
+        if on_epoch is not None:
+            on_epoch(epoch, result)
+
+    try:
+        result = run_loop(
+            objective,
+            train_loader,
+            val_loader,
+            shuffle,
+            loop_config,
+            state_path=state_path,
+            resume=resume,
+            fingerprint=config,
+            on_epoch=after_epoch,
+            console=console,
+            progress=progress,
+        )
+    except KeyboardInterrupt as err:
+        raise TrainingInterrupted(
+            f"interrupted; the last finished epoch is saved in {state_path}: rerun the same "
+            "command with --resume to continue"
+        ) from err
+    save_model(_best_or_current(result, model), result)
+    write_curves(curves_path, result.history, f"{method} {arch}")
+    state_path.unlink(missing_ok=True)
+    return TrainResult(
+        checkpoint=output,
+        curves=curves_path,
+        method=method,
+        arch=arch,
+        classes=classes,
+        history=result.history,
+        best_epoch=result.best_epoch,
+        best_val_accuracy=result.best_metric,
+        stopped_early=result.stopped_early,
+        train_images=len(train_samples),
+        val_images=len(val_samples),
+        skipped=dataset.skipped,
+        trainable_parameters=trainable,
+        parameters=total,
+        resumed_from_epoch=result.resumed_from_epoch,
+        seconds=time.perf_counter() - started,
+        device=loop_config.device,
+    )
+
+
+def print_result(result: TrainResult, console: Console) -> None:
+    print_summary(result.summary(), console)
+
+
+def _best_or_current(result: LoopResult, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return result.best_state or {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise FeatxError(f"unknown --device {device!r}; choose auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FeatxError("--device cuda, but torch sees no CUDA GPU; use --device cpu")
+    return device
+
+
+def _looks_labeled(data: Path) -> bool:
+    """A CSV, or a folder whose images all sit in sub-folders (one per class)."""
+    if data.is_file():
+        return data.suffix.lower() == ".csv"
+    if not data.is_dir():
+        return False
+    loose = any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in data.iterdir())
+    return not loose and sum(1 for d in data.iterdir() if d.is_dir()) >= 2
+
+
+def _checked_teacher(teacher: str | Path, dataset: TrainingData) -> tuple[Any, int, list[str]]:
+    loaded, num_classes, teacher_classes = load_teacher(teacher)
+    if dataset.labeled:
+        if num_classes != len(dataset.classes):
+            raise FeatxError(
+                f"teacher/student mismatch: the teacher {teacher} predicts {num_classes} "
+                f"classes, the data has {len(dataset.classes)} ({', '.join(dataset.classes)})"
+            )
+        if teacher_classes is not None and teacher_classes != dataset.classes:
+            raise FeatxError(
+                f"teacher/student mismatch: the teacher's classes {teacher_classes} differ "
+                f"from the data's {dataset.classes} (same names, same order needed)"
+            )
+        return loaded, num_classes, dataset.classes
+    return loaded, num_classes, teacher_classes or [str(i) for i in range(num_classes)]

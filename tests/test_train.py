@@ -1,0 +1,337 @@
+"""featx train: the checkpoint it writes, exact resume, strategies, --init, methods, bad input.
+
+Data: scikit-learn's digits written as JPEGs (real scans), small subsets where only behaviour is
+checked. The accuracy targets live in test_train_accuracy.py.
+"""
+
+import shutil
+
+import pytest
+import torch
+
+import featx
+from featx.cli import main
+from featx.data.digits import label_of, write_digits
+from featx.errors import FeatxError
+from featx.models import get_extractor
+from featx.models.checkpoint import load_model, save_checkpoint
+from featx.train.job import TrainingInterrupted
+from featx.train.supervised import apply_strategy, backbone_blocks, build_classifier, load_init
+
+FAST = {"epochs": 2, "batch_size": 16, "augment": "light", "progress": False}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return write_digits(tmp_path_factory.mktemp("digits") / "all")
+
+
+@pytest.fixture
+def small_folder(tmp_path, digits):
+    """Three classes of 20 real digits each, ImageFolder layout."""
+
+    def make(classes=(0, 1, 2), per_class=20, name="data"):
+        root = tmp_path / name
+        for label in classes:
+            chosen = [p for p in digits if label_of(p) == label][:per_class]
+            (root / str(label)).mkdir(parents=True)
+            for path in chosen:
+                shutil.copy(path, root / str(label) / path.name)
+        return root
+
+    return make
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_checkpoint_is_featx_format_and_loads_weights_only(tmp_path, small_folder):
+    data = small_folder()
+    result = featx.train(data, "small_cnn", tmp_path / "m.pt", **FAST)
+    payload = torch.load(result.checkpoint, weights_only=True)
+    assert payload["arch"] == "small_cnn"
+    meta = payload["featx"]
+    assert meta["classes"] == ["0", "1", "2"]
+    assert meta["num_classes"] == 3
+    assert meta["preprocess"]["crop_size"] == 32
+    assert meta["preprocess"]["mean"] == [0.5, 0.5, 0.5] or tuple(meta["preprocess"]["mean"]) == (
+        0.5,
+        0.5,
+        0.5,
+    )
+    assert meta["training"]["method"] == "supervised"
+    assert meta["training"]["epochs_run"] == 2
+    assert payload["state_dict"]["classifier.weight"].shape == (3, 128)
+    assert result.curves.is_file()
+    assert result.curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "m.pt.state").exists()
+    assert len(result.history) == 2
+    assert load_model(result.checkpoint).module.classifier.out_features == 3
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, small_folder):
+    data = small_folder()
+    settings = {**FAST, "epochs": 3, "augment": "standard", "patience": 0}
+    whole = featx.train(data, "small_cnn", tmp_path / "whole.pt", **settings)
+
+    def stop_after_first_epoch(epoch, result):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        featx.train(
+            data, "small_cnn", tmp_path / "part.pt", on_epoch=stop_after_first_epoch, **settings
+        )
+    assert interrupted.value.exit_code == 130
+    assert (tmp_path / "part.pt.state").is_file()
+    assert (
+        torch.load(tmp_path / "part.pt", weights_only=True)["featx"]["training"]["epochs_run"] == 1
+    )
+    resumed = featx.train(data, "small_cnn", tmp_path / "part.pt", resume=True, **settings)
+    assert resumed.resumed_from_epoch == 1
+    assert resumed.history == whole.history
+    expected = torch.load(whole.checkpoint, weights_only=True)["state_dict"]
+    got = torch.load(resumed.checkpoint, weights_only=True)["state_dict"]
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_resume_refuses_other_settings_and_missing_state(tmp_path, small_folder):
+    data = small_folder()
+    with pytest.raises(FeatxError, match="no training state"):
+        featx.train(data, "small_cnn", tmp_path / "m.pt", resume=True, **FAST)
+
+    def stop(epoch, result):
+        raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        featx.train(data, "small_cnn", tmp_path / "m.pt", on_epoch=stop, **FAST)
+    with pytest.raises(FeatxError, match="different run: lr"):
+        featx.train(data, "small_cnn", tmp_path / "m.pt", resume=True, lr=0.5, **FAST)
+
+
+def test_early_stopping_keeps_best_epoch(tmp_path, small_folder):
+    data = small_folder()
+    # A learning rate this high makes val accuracy stall after the warm-up epoch.
+    result = featx.train(
+        data,
+        "small_cnn",
+        tmp_path / "m.pt",
+        **{**FAST, "epochs": 8},
+        patience=1,
+        lr=3.0,
+        optimizer="sgd",
+    )
+    accuracies = [row["val_accuracy"] for row in result.history]
+    assert result.best_val_accuracy == max(accuracies)
+    assert result.best_epoch == accuracies.index(max(accuracies)) + 1
+    if result.stopped_early:
+        assert len(result.history) < 8
+        assert len(result.history) == result.best_epoch + 1
+
+
+def test_linear_strategy_trains_only_the_head(tmp_path, small_folder):
+    data = small_folder()
+    torch.manual_seed(0)
+    initial = get_extractor("small_cnn").build_model(3)
+    init = save_checkpoint(tmp_path / "init.pt", initial, "small_cnn")
+    result = featx.train(data, "small_cnn", tmp_path / "m.pt", strategy="linear", init=init, **FAST)
+    trained = torch.load(result.checkpoint, weights_only=True)["state_dict"]
+    before = initial.state_dict()
+    for key, value in trained.items():
+        if key.startswith("classifier."):
+            assert not torch.equal(value, before[key]), key
+        else:  # frozen weights and BatchNorm statistics alike
+            assert torch.equal(value, before[key]), key
+    assert result.trainable_parameters == 128 * 3 + 3
+
+
+def test_partial_strategy_trains_the_last_block_and_head(tmp_path, small_folder):
+    model, head = build_classifier(get_extractor("small_cnn"), 3)
+    plan = apply_strategy(model, head, "partial", blocks=1)
+    assert plan.modules == ("embed", "classifier")
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen
+    assert all(n.startswith("features.") for n in frozen)
+    resnet, resnet_head = build_classifier(get_extractor("resnet18"), 5)
+    assert backbone_blocks(resnet, resnet_head) == [
+        "conv1",
+        "bn1",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+    ]
+    assert apply_strategy(resnet, resnet_head, "partial", 2).modules == ("layer3", "layer4", "fc")
+    with pytest.raises(FeatxError, match="6 backbone blocks"):
+        apply_strategy(resnet, resnet_head, "partial", 7)
+
+
+def test_init_from_torchvision_state_dict_replaces_only_the_head(tmp_path):
+    torch.manual_seed(1)
+    source = get_extractor("resnet18").build_model(None)  # 1000 classes, like ImageNet weights
+    weights = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), weights)
+    model, head = build_classifier(get_extractor("resnet18"), 5)
+    fresh_head = model.fc.weight.clone()
+    loaded = load_init(model, "resnet18", weights, head)
+    assert loaded == len(source.state_dict()) - 2
+    assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    assert torch.equal(model.fc.weight, fresh_head)
+
+
+def test_init_errors(tmp_path):
+    model, head = build_classifier(get_extractor("resnet18"), 5)
+    with pytest.raises(FeatxError, match=r"no such file.*never downloads"):
+        load_init(model, "resnet18", tmp_path / "absent.pth", head)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(FeatxError, match="not a readable weights file"):
+        load_init(model, "resnet18", garbage, head)
+    other = tmp_path / "other.pth"
+    torch.save(get_extractor("resnet50").build_model(None).state_dict(), other)
+    with pytest.raises(FeatxError, match="does not fit arch 'resnet18'"):
+        load_init(model, "resnet18", other, head)
+    featx_checkpoint = save_checkpoint(
+        tmp_path / "small.pt", get_extractor("small_cnn").build_model(), "small_cnn"
+    )
+    with pytest.raises(FeatxError, match="featx checkpoint of arch 'small_cnn'"):
+        load_init(model, "resnet18", featx_checkpoint, head)
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path, small_folder):
+    data = small_folder()
+    (data / "0" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (data / "1" / "empty.png").write_bytes(b"")
+    result = featx.train(data, "small_cnn", tmp_path / "m.pt", **{**FAST, "epochs": 1})
+    assert {s["path"].split("/")[-1] for s in result.skipped} == {"broken.jpg", "empty.png"}
+    assert result.train_images + result.val_images == 60
+
+
+def test_csv_data_and_csv_with_missing_files(tmp_path, small_folder):
+    data = small_folder()
+    rows = [
+        f"{p.relative_to(data).as_posix()},{p.parent.name}" for p in sorted(data.rglob("*.jpg"))
+    ]
+    table = data / "labels.csv"
+    table.write_text("path,label\n" + "\n".join(rows) + "\n")
+    result = featx.train(table, "small_cnn", tmp_path / "m.pt", **{**FAST, "epochs": 1})
+    assert result.classes == ["0", "1", "2"]
+    assert result.train_images + result.val_images == 60
+    table.write_text("path,label\n" + "\n".join([*rows, "0/missing.jpg,0"]) + "\n")
+    with pytest.raises(FeatxError, match="1 file\\(s\\) that do not exist"):
+        featx.train(table, "small_cnn", tmp_path / "m2.pt", **FAST)
+
+
+def _cli_error(capsys, argv, output, pattern):
+    assert main(argv) == 2
+    assert pattern in capsys.readouterr().err.replace("\n", " ")
+    assert not output.exists()
+    assert not output.with_name(output.name + ".state").exists()
+
+
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, small_folder, capsys):
+    out = tmp_path / "out" / "m.pt"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = ["train", "--arch", "small_cnn", "-o", str(out), "--epochs", "1", "--quiet"]
+    _cli_error(capsys, [*base, "--data", str(empty)], out, "is empty")
+    one_class = small_folder(classes=(4,), name="one")
+    _cli_error(capsys, [*base, "--data", str(one_class)], out, "one class only")
+    data = small_folder()
+    broken = small_folder(classes=(5, 6), per_class=2, name="broken")
+    for path in broken.rglob("*.jpg"):
+        path.write_bytes(b"junk")
+    _cli_error(capsys, [*base, "--data", str(broken)], out, "could be decoded")
+    _cli_error(
+        capsys,
+        ["train", "--data", str(data), "--arch", "resnet_18", "-o", str(out)],
+        out,
+        "unknown architecture 'resnet_18'",
+    )
+    _cli_error(
+        capsys, [*base, "--data", str(data), "--init", str(tmp_path / "nope.pt")], out, "no such"
+    )
+
+
+def test_distill_teacher_mismatch_and_unloadable_teacher(tmp_path, small_folder, capsys):
+    data = small_folder()
+    teacher = save_checkpoint(
+        tmp_path / "teacher.pt",
+        get_extractor("small_cnn").build_model(4),
+        "small_cnn",
+        classes=["0", "1", "2", "3"],
+    )
+    out = tmp_path / "student.pt"
+    base = ["train", "--data", str(data), "--arch", "small_cnn", "-o", str(out), "--quiet"]
+    _cli_error(
+        capsys,
+        [*base, "--method", "distill", "--teacher", str(teacher)],
+        out,
+        "predicts 4 classes, the data has 3",
+    )
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    _cli_error(
+        capsys, [*base, "--method", "distill", "--teacher", str(junk)], out, "cannot be loaded"
+    )
+    _cli_error(capsys, [*base, "--method", "distill"], out, "needs --teacher")
+
+
+def test_distill_unlabeled_with_feature_matching_across_dims(tmp_path, small_folder):
+    data = small_folder()
+    teacher = featx.train(data, "small_cnn", tmp_path / "teacher.pt", **FAST)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for path in data.rglob("*.jpg"):
+        shutil.copy(path, loose / f"{path.parent.name}-{path.name}")
+    student = featx.train(
+        loose,
+        "transformer_encoder",
+        tmp_path / "student.pt",
+        method="distill",
+        teacher=teacher.checkpoint,
+        feature_weight=1.0,
+        **FAST,
+    )
+    assert student.classes == ["0", "1", "2"]
+    assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in student.history)
+    assert "val_accuracy" in student.history[-1]  # agreement with the teacher
+    payload = torch.load(student.checkpoint, weights_only=True)
+    assert payload["arch"] == "transformer_encoder"
+    # the 128 -> 64 feature projection is a training aid, not part of the student
+    assert not any(k.startswith("projection") for k in payload["state_dict"])
+    assert payload["state_dict"]["head.weight"].shape == (3, 64)
+
+
+def test_simsiam_checkpoint_exports_the_encoder_only(tmp_path, small_folder):
+    data = small_folder()
+    result = featx.train(
+        data, "simsiam_cnn", tmp_path / "ss.pt", method="simsiam", **FAST, image_size=16
+    )
+    assert result.classes == []
+    assert "val_accuracy" not in result.history[-1]
+    exported = featx.export(result.checkpoint, tmp_path / "ss.onnx")
+    assert exported.metadata.layer == "encoder"
+    assert exported.metadata.embedding_dim == 128
+    assert exported.metadata.preprocess.crop_size == 16
+
+
+def test_simsiam_on_torchvision_arch_trains_its_backbone(tmp_path, small_folder):
+    data = small_folder(per_class=6)
+    torch.manual_seed(0)
+    result = featx.train(
+        data,
+        "resnet18",
+        tmp_path / "r.pt",
+        method="simsiam",
+        **{**FAST, "epochs": 1, "batch_size": 8},
+        image_size=32,
+    )
+    trained = torch.load(result.checkpoint, weights_only=True)["state_dict"]
+    torch.manual_seed(0)
+    initial = get_extractor("resnet18").build_model(None).state_dict()
+    assert not torch.equal(trained["layer4.1.conv2.weight"], initial["layer4.1.conv2.weight"])
+    assert torch.equal(trained["fc.weight"], initial["fc.weight"])

@@ -1,0 +1,175 @@
+"""The accuracy targets of featx train on real data (scikit-learn's digits as JPEG files), CPU.
+
+End to end through the CLI (train -> export -> extract -> eval) in the default suite; the
+transfer, SimSiam and distillation targets are `slow` (about a minute or two each on 2 cores).
+Each compares against a baseline trained or measured the same way on the same fixed split.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import featx
+from featx.cli import main
+from featx.data.digits import label_of, write_digits
+from featx.evaluate import score_features
+from featx.features import build_feature_model
+from featx.metadata import Preprocess
+from featx.models import get_extractor
+from featx.models.checkpoint import load_model, save_checkpoint
+from featx.train.augment import eval_transform
+from featx.train.data import ImageDataset, load_training_data
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    write_digits(root / "all")
+    return root / "all"
+
+
+def _split_csv(digits: Path, name: str, keep: range) -> Path:
+    """A CSV path,label of the digits whose class is in ``keep``."""
+    rows = [
+        f"{p.relative_to(digits).as_posix()},{label_of(p)}"
+        for p in sorted(digits.rglob("*.jpg"))
+        if label_of(p) in keep
+    ]
+    table = digits / f"{name}.csv"
+    table.write_text("path,label\n" + "\n".join(rows) + "\n")
+    return table
+
+
+def _encoder_knn(model: torch.nn.Module, arch: str, data: Path, size: int) -> float:
+    """k-NN accuracy of the arch's feature-layer embeddings (eval transform, all digits)."""
+    extractor = get_extractor(arch)
+    preprocess = Preprocess.for_crop(size, extractor.preprocess)
+    samples = load_training_data(data).samples
+    dataset = ImageDataset(samples, eval_transform(preprocess))
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    encoder, _ = build_feature_model(
+        model, layer=extractor.layer, pool=extractor.pool, normalize=False, input_size=size
+    )
+    with torch.no_grad():
+        features = encoder(images).numpy()
+    return score_features(features, [s.label for s in samples]).knn_accuracy
+
+
+def test_train_export_extract_eval_end_to_end(tmp_path, digits, capsys):
+    model = tmp_path / "small_cnn.pt"
+    common = ["--quiet", "--json"]
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(digits),
+                "--arch",
+                "small_cnn",
+                "-o",
+                str(model),
+                "--epochs",
+                "4",
+                "--augment",
+                "light",
+                *common,
+            ]
+        )
+        == 0
+    )
+    trained = json.loads(capsys.readouterr().out)
+    # target (a): the seed CNN reaches >= 95% val accuracy on digits
+    assert trained["best_val_accuracy"] >= 0.95
+    assert trained["val_images"] == 360
+    assert main(["export", str(model), "-o", str(tmp_path / "m.onnx"), "--json"]) == 0
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "extract",
+                str(tmp_path / "m.onnx"),
+                str(digits),
+                "-o",
+                str(tmp_path / "features"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "features"), "--labels", "folder", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 1797
+    assert report["knn_accuracy"] >= 0.95
+    assert report["linear_probe_accuracy"] >= 0.95
+
+
+@pytest.mark.slow
+def test_linear_transfer_from_pretrained_resnet18_beats_random_features(tmp_path, digits):
+    """Pretrain resnet18 on digits 0-4, then a linear head on frozen features for digits 5-9;
+    the same linear training on a randomly initialised resnet18 is the baseline."""
+    settings = {"image_size": 32, "augment": "light", "progress": False}
+    low = _split_csv(digits, "low", range(5))
+    high = _split_csv(digits, "high", range(5, 10))
+    pretrained = featx.train(low, "resnet18", tmp_path / "low.pt", epochs=3, **settings)
+    assert pretrained.best_val_accuracy >= 0.9
+    linear = {"strategy": "linear", "epochs": 4, "lr": 3e-3, **settings}
+    transfer = featx.train(
+        high, "resnet18", tmp_path / "t.pt", init=pretrained.checkpoint, **linear
+    )
+    torch.manual_seed(0)
+    random_init = save_checkpoint(
+        tmp_path / "random.pt", get_extractor("resnet18").build_model(5), "resnet18"
+    )
+    baseline = featx.train(high, "resnet18", tmp_path / "b.pt", init=random_init, **linear)
+    print(
+        f"linear on 5-9: pretrained-on-0-4 {transfer.best_val_accuracy:.3f}, "
+        f"random {baseline.best_val_accuracy:.3f}"
+    )
+    assert transfer.best_val_accuracy >= baseline.best_val_accuracy + 0.15
+
+
+@pytest.mark.slow
+def test_simsiam_pretraining_improves_knn_over_random_init(tmp_path, digits):
+    size = 16
+    torch.manual_seed(0)
+    random_knn = _encoder_knn(
+        get_extractor("simsiam_cnn").build_model(), "simsiam_cnn", digits, size
+    )
+    result = featx.train(
+        digits,
+        "simsiam_cnn",
+        tmp_path / "ss.pt",
+        method="simsiam",
+        epochs=6,
+        lr=3e-3,
+        image_size=size,
+        augment="light",
+        progress=False,
+    )
+    trained_knn = _encoder_knn(load_model(result.checkpoint).module, "simsiam_cnn", digits, size)
+    print(f"5-NN on encoder features: random {random_knn:.3f}, SimSiam {trained_knn:.3f}")
+    assert trained_knn >= random_knn + 0.03
+
+
+@pytest.mark.slow
+def test_distilled_student_gets_within_a_few_points_of_its_teacher(tmp_path, digits):
+    settings = {"augment": "light", "progress": False}
+    teacher = featx.train(digits, "small_cnn", tmp_path / "teacher.pt", epochs=4, **settings)
+    student = featx.train(
+        digits,
+        "transformer_encoder",
+        tmp_path / "student.pt",
+        method="distill",
+        teacher=teacher.checkpoint,
+        epochs=8,
+        lr=3e-3,
+        **settings,
+    )
+    print(
+        f"val accuracy: teacher small_cnn {teacher.best_val_accuracy:.3f}, student "
+        f"transformer_encoder {student.best_val_accuracy:.3f}"
+    )
+    assert student.best_val_accuracy >= teacher.best_val_accuracy - 0.04
