@@ -115,7 +115,10 @@ class Bench:
             "extract-e2e": self._prepare_e2e,
             "preprocess": self._prepare_preprocess,
         }
-        return preparers[case.kind](case)
+        work = preparers[case.kind](case)
+        if case.backend == REFERENCE[case.kind]:
+            self._reference_features[case.id] = work.features
+        return work
 
     def parity(self, case: Case, work: Prepared) -> dict | None:
         """Parity figures of ``case`` against its reference, with the gate and the verdict;
@@ -153,8 +156,6 @@ class Bench:
             work = self.prepare(case)
         except Unavailable as err:
             return make_row(case, status="unavailable", reason=str(err))
-        if case.backend == REFERENCE[case.kind]:
-            self._reference_features[case.id] = work.features
         parity = self.parity(case, work)
         if parity is not None and not parity["passed"]:
             return make_row(
@@ -164,11 +165,11 @@ class Bench:
                 parity=parity,
                 work=work,
             )
-        warmup, repeats = self._runs(case)
+        warmup, repeats = self.runs(case)
         timing = measure(work.run, warmup=warmup, repeats=repeats, cuda=work.cuda_events)
         return make_row(case, status="ok", parity=parity, work=work, timing=timing)
 
-    def _runs(self, case: Case) -> tuple[int, int]:
+    def runs(self, case: Case) -> tuple[int, int]:
         """(warm-up, repeats). The untimed run of ``prepare`` already warmed the extraction
         cases: one pass over the files or one whole job."""
         if case.kind == "extract-e2e":
