@@ -1,4 +1,4 @@
-"""What the harness measures: one ``Case`` per row, of one of four kinds.
+"""What the harness measures: one ``Case`` per row, of one of three kinds.
 
 - ``model``: model-only inference of one registered extractor on a random batch through one
   backend (featx.bench.backends), at one batch size, on one device.
@@ -6,9 +6,10 @@
   eager PyTorch loop users write (``eager``) against ``featx extract`` (``featx``).
 - ``preprocess``: decode + resize + crop + normalise of JPEG files, one at a time on one thread:
   PIL + torchvision (``pil``) against featx's C++ pipeline (``cpp``).
-- ``kernel``: one fused GPU op against its PyTorch counterpart (issue 4). Those measurements are
-  functions of ``featx.bench.kernels`` that return plain timings; ``featx.bench.report.kernel_row``
-  turns each into a row of this harness, so they share its table, JSON, plot and regression gate.
+
+Kernel-level GPU cases (issue 4: a fused op against cuDNN or SDPA, from ``featx.bench.kernels``)
+are the next kind: their ``Case``s are added in ``build_cases`` and their preparer in
+``featx.bench.run.Bench.prepare`` (see featx.bench.run); the rest of the harness is shared.
 
 Each kind names the backend every other row of its group is measured against (``REFERENCE``);
 a case's id is stable across runs, which is what the regression gate matches on.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-KINDS = ("model", "extract-e2e", "preprocess", "kernel")
 MODEL_BACKENDS = (
     "eager",
     "eager-folded",

@@ -63,14 +63,16 @@ def eager_extract(
     workers: int = 2,
     threads: int | None = None,
     device: str = "cpu",
+    warmup: bool = True,
 ) -> EagerResult:
     """Extracts features of ``paths`` with ``model`` (images -> (B, D)) into ``out_file``.
 
     ``workers`` DataLoader processes decode and preprocess (0: the main process does);
     ``threads`` sets torch's intra-op threads for the model (None: torch's default); ``device``
     is where the model runs (batches are copied there as a user's loop copies them).
-    The model is warmed up on one batch of zeros first; the timed span runs from starting the
-    DataLoader (its worker start-up included, as users pay it) to the saved file.
+    With ``warmup`` the model first runs one untimed batch of zeros (callers timing the whole call
+    after a warm run pass False); the timed span runs from starting the DataLoader (its worker
+    start-up included, as users pay it) to the saved file.
     """
     model = model.eval().to(device)
     loader = DataLoader(
@@ -79,7 +81,8 @@ def eager_extract(
         num_workers=workers,
     )
     with _torch_threads(threads), torch.inference_mode():
-        model(torch.zeros(batch_size, *preprocess.input_shape, device=device))
+        if warmup:
+            model(torch.zeros(batch_size, *preprocess.input_shape, device=device))
         start = time.perf_counter()
         features = torch.cat([model(batch.to(device)).cpu() for batch in loader]).numpy()
         np.save(out_file, features)
