@@ -173,7 +173,9 @@ def write_plot(document: dict, path: Path) -> None:
                 )
         axis.set_xticks(range(len(backends)), backends)
         axis.set_ylabel("images/s")
-        axis.set_title(f"{kind}: {model} on {device}", fontsize=10)
+        failing = any(row["status"] == "failing-parity" for row in rows)
+        marker = " (red x: fails parity, not timed)" if failing else ""
+        axis.set_title(f"{kind}: {model} on {device}{marker}", fontsize=10)
         handles = [pyplot.Rectangle((0, 0), 1, 1, color=f"C{i}") for i in range(len(batches))]
         axis.legend(handles, [f"batch {b}" for b in batches], fontsize=7, loc="upper right")
     env = document["environment"]
