@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.featx-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint format bench-export bench-extract clean
+.PHONY: setup demo test lint format bench bench-extract bench-pytest bench-export clean
 
 setup: $(INSTALLED)
 
@@ -38,8 +38,24 @@ bench-export: setup
 	$(PY) benchmarks/export_report.py --output benchmarks/results/export-cpu.json
 	$(PY) benchmarks/export_report.py --fp16 --output benchmarks/results/export-cpu-fp16.json
 
+# Speed claims: one harness (`featx bench`). BENCH_OUT names the result by its device.
+BENCH_OUT ?= benchmarks/results/bench-cpu
+BENCH_ARGS ?= --model resnet18,resnet50 --batch-sizes 1,16 --repeats 5 --e2e-images 128 --e2e-repeats 2
+
+bench: setup
+	$(VENV)/bin/featx bench $(BENCH_ARGS) --output $(BENCH_OUT).json --plot $(BENCH_OUT).png
+
+# Issue 3's claims: featx extract vs eager on 2,000 JPEGs, C++ vs PIL preprocessing per core.
 bench-extract: setup
-	$(PY) benchmarks/extraction_report.py --output benchmarks/results/extraction-cpu.json
+	$(VENV)/bin/featx bench --model resnet50,resnet18 --batch-sizes 32 \
+		--backends ort-python,runner,extract-e2e,preprocess --e2e-images 2000 --e2e-repeats 1 \
+		--output $(BENCH_OUT)-extract.json --plot $(BENCH_OUT)-extract.png
+
+# The same cases through pytest-benchmark; add --benchmark-compare --benchmark-compare-fail=median:10%
+# to PYTEST_ARGS to fail on a regression against the last saved run.
+bench-pytest: setup
+	$(PY) -m pytest benchmarks/ --benchmark-only --benchmark-autosave \
+		--benchmark-storage=benchmarks/results/pytest-benchmark $(PYTEST_ARGS)
 
 clean:
 	rm -rf build featx-demo .pytest_cache .ruff_cache

@@ -352,6 +352,61 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from featx.bench.cases import ALL_BACKENDS
+    from featx.bench.run import BenchSettings
+
+    defaults = BenchSettings()
+    parser.add_argument(
+        "--model", default=",".join(defaults.models), help="arch name(s), comma-separated"
+    )
+    parser.add_argument(
+        "--backends",
+        default=",".join(defaults.backends),
+        help=f"comma-separated, from: {', '.join(ALL_BACKENDS)} (default: all)",
+    )
+    parser.add_argument("--batch-sizes", default=",".join(map(str, defaults.batch_sizes)))
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=defaults.device)
+    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed runs per case")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed runs first")
+    parser.add_argument("--e2e-images", type=int, default=defaults.e2e_images)
+    parser.add_argument("--e2e-repeats", type=int, default=defaults.e2e_repeats)
+    parser.add_argument("--preprocess-images", type=int, default=defaults.preprocess_images)
+    parser.add_argument("--output", help="result JSON to write")
+    parser.add_argument("--plot", help="bar chart PNG to write")
+    parser.add_argument("--compare", help="earlier result JSON: exit 1 if any case regressed")
+    parser.add_argument("--threshold", type=float, default=0.10, help="allowed slowdown fraction")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from featx.bench.run import BenchSettings, run_bench
+
+    try:
+        batch_sizes = tuple(int(size) for size in args.batch_sizes.split(","))
+    except ValueError as err:
+        raise FeatxError(f"--batch-sizes {args.batch_sizes!r}: give integers, e.g. 1,32") from err
+    settings = BenchSettings(
+        models=tuple(args.model.split(",")),
+        backends=tuple(args.backends.split(",")),
+        batch_sizes=batch_sizes,
+        device=args.device,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        e2e_images=args.e2e_images,
+        e2e_repeats=args.e2e_repeats,
+        preprocess_images=args.preprocess_images,
+    )
+    result = run_bench(
+        settings,
+        output=args.output,
+        plot=args.plot,
+        compare_to=args.compare,
+        threshold=args.threshold,
+        console=stdout,
+    )
+    return 0 if result.passed else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from featx.demo import run_demo
 
@@ -398,6 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(run=_cmd_eval)
+
+    bench = commands.add_parser("bench", help="benchmark backends side by side; regression gate")
+    _add_bench_arguments(bench)
+    bench.set_defaults(run=_cmd_bench)
 
     demo = commands.add_parser("demo", help="end-to-end run on real digits (CPU, ~1 min)")
     demo.add_argument("-o", "--output", default="featx-demo", help="output folder")

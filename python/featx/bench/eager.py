@@ -2,8 +2,8 @@
 
 Eager extraction is the common hand-written loop: a torch DataLoader whose worker processes decode
 with PIL and apply the torchvision transform, the model in eval mode under inference_mode, the
-features gathered and saved with ``np.save``. Alongside it, the two ceilings that bound it: PIL
-preprocessing on one core, and model-only inference through the onnxruntime Python API.
+features gathered and saved with ``np.save``. Alongside it, PIL preprocessing on one core, the
+ceiling of that loop's decode stage.
 
 Timings are wall-clock (``time.perf_counter``) with warm-up excluded.
 """
@@ -11,7 +11,6 @@ Timings are wall-clock (``time.perf_counter``) with warm-up excluded.
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,11 +22,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from featx.metadata import Preprocess, read_metadata
-from featx.ort_config import cpu_session
+from featx.metadata import Preprocess
 from featx.preprocess import open_rgb, reference_transform
-
-ORT_WARMUP_RUNS = 2
 
 
 @dataclass(frozen=True)
@@ -66,69 +62,47 @@ def eager_extract(
     batch_size: int = 32,
     workers: int = 2,
     threads: int | None = None,
+    device: str = "cpu",
+    warmup: bool = True,
 ) -> EagerResult:
     """Extracts features of ``paths`` with ``model`` (images -> (B, D)) into ``out_file``.
 
     ``workers`` DataLoader processes decode and preprocess (0: the main process does);
-    ``threads`` sets torch's intra-op threads for the model (None: torch's default).
-    The model is warmed up on one batch of zeros first; the timed span runs from starting the
-    DataLoader (its worker start-up included, as users pay it) to the saved file.
+    ``threads`` sets torch's intra-op threads for the model (None: torch's default); ``device``
+    is where the model runs (batches are copied there as a user's loop copies them).
+    With ``warmup`` the model first runs one untimed batch of zeros (callers timing the whole call
+    after a warm run pass False); the timed span runs from starting the DataLoader (its worker
+    start-up included, as users pay it) to the saved file.
     """
-    model = model.eval()
+    model = model.eval().to(device)
     loader = DataLoader(
         ImageFiles(paths, reference_transform(preprocess)),
         batch_size=batch_size,
         num_workers=workers,
     )
     with _torch_threads(threads), torch.inference_mode():
-        model(torch.zeros(batch_size, *preprocess.input_shape))
+        if warmup:
+            model(torch.zeros(batch_size, *preprocess.input_shape, device=device))
         start = time.perf_counter()
-        features = torch.cat([model(batch) for batch in loader]).numpy()
+        features = torch.cat([model(batch.to(device)).cpu() for batch in loader]).numpy()
         np.save(out_file, features)
         seconds = time.perf_counter() - start
     return EagerResult(images=len(features), seconds=seconds)
 
 
-def pil_preprocess_rate(
-    paths: Sequence[str | Path], preprocess: Preprocess, limit: int | None = None
-) -> float:
-    """Images/s of PIL decode + reference transform in one process on one core.
-
-    The first image is a warm-up, processed untimed before the timed pass over ``paths[:limit]``.
-    """
-    selected = list(paths)[:limit]
+def pil_preprocess_pass(
+    paths: Sequence[str | Path], preprocess: Preprocess
+) -> Callable[[], np.ndarray]:
+    """One pass of PIL decode + the torchvision eval transform over ``paths``, one image at a time
+    on one core (the counterpart of featx.bench.extraction.cpp_preprocess_pass); each call
+    returns the stacked tensors."""
     transform = reference_transform(preprocess)
-    with _torch_threads(1):
-        transform(open_rgb(selected[0]))
-        start = time.perf_counter()
-        for path in selected:
-            transform(open_rgb(path))
-        seconds = time.perf_counter() - start
-    return len(selected) / seconds
 
+    def run() -> np.ndarray:
+        with _torch_threads(1):
+            return np.stack([transform(open_rgb(path)).numpy() for path in paths])
 
-def python_ort_rate(onnx_path: str | Path, batch: int, repeats: int) -> float:
-    """Images/s of model-only inference of a featx export through the onnxruntime Python API.
-
-    The session has the runner's settings (``featx.ort_config.cpu_session``); the input is a
-    random batch of ``batch`` images; the rate is taken from the median of ``repeats`` timed runs
-    after warm-up.
-    """
-    metadata = read_metadata(onnx_path)
-    session = cpu_session(onnx_path, metadata.dtype)
-    input_name = session.get_inputs()[0].name
-    images = np.random.default_rng(0).standard_normal(
-        (batch, *metadata.preprocess.input_shape), dtype=np.float32
-    )
-    feed = {input_name: images.astype(metadata.io_dtype)}
-    for _ in range(ORT_WARMUP_RUNS):
-        session.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+    return run
 
 
 @contextlib.contextmanager

@@ -1,15 +1,14 @@
-"""featx's side of the extraction benchmark: the C++ preprocess stage, the runner, the whole job.
+"""featx's side of the extraction cases: the C++ decode + preprocess stage and the whole
+`featx extract` job, each as one unit of work the harness times.
 
-Each function mirrors a baseline in featx.bench.eager, measured the same way (wall-clock,
-warm-up excluded), so the two can be set side by side.
+Each mirrors a baseline in featx.bench.eager, so the two can be set side by side.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
-import statistics
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,67 +16,61 @@ import numpy as np
 from featx.extract import extract
 from featx.metadata import Preprocess
 from featx.preprocess import spec_dict
-from featx.runner import Runner
 from featx.runtime import native
+from featx.shards import MANIFEST
 
-RUNNER_WARMUP_RUNS = 2
 
-
-def cpp_preprocess_rate(
-    paths: Sequence[str | Path], preprocess: Preprocess, limit: int | None = None
-) -> float:
-    """Images/s of the C++ decode + preprocess of one image at a time on one thread (the
-    counterpart of eager.pil_preprocess_rate); the first image is an untimed warm-up."""
-    selected = [str(p) for p in list(paths)[:limit]]
+def cpp_preprocess_pass(
+    paths: Sequence[str | Path], preprocess: Preprocess
+) -> Callable[[], np.ndarray]:
+    """One pass of the C++ decode + preprocess over ``paths``, one image at a time on the calling
+    thread (the counterpart of eager.pil_preprocess_pass); each call returns the stacked
+    tensors."""
+    files = [str(path) for path in paths]
     spec = spec_dict(preprocess)
     runner = native()
-    runner.preprocess_file(selected[0], spec)
-    start = time.perf_counter()
-    for path in selected:
-        status, message, _ = runner.preprocess_file(path, spec)
-        if status != "ok":
-            raise ValueError(f"{path}: {status}: {message}")
-    return len(selected) / (time.perf_counter() - start)
+
+    def run() -> np.ndarray:
+        tensors = []
+        for path in files:
+            status, message, tensor = runner.preprocess_file(path, spec)
+            if status != "ok":
+                raise ValueError(f"{path}: {status}: {message}")
+            tensors.append(tensor)
+        return np.stack(tensors)
+
+    return run
 
 
-def runner_rate(onnx_path: str | Path, batch: int, repeats: int, threads: int = 0) -> float:
-    """Images/s of model-only inference through featx.Runner (the counterpart of
-    eager.python_ort_rate): median of ``repeats`` timed runs on a random batch after warm-up."""
-    runner = Runner(onnx_path, threads=threads)
-    images = np.random.default_rng(0).standard_normal(
-        (batch, *runner.metadata.preprocess.input_shape), dtype=np.float32
-    )
-    images = images.astype(runner.input_dtype)
-    for _ in range(RUNNER_WARMUP_RUNS):
-        runner.run(images)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        runner.run(images)
-        times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
-
-
-def featx_extract_rate(
+def featx_extract_job(
     onnx_path: str | Path,
     paths: Sequence[str | Path],
     out_dir: str | Path,
-    batch_size: int = 32,
-    workers: int | None = None,
-    threads: int = 0,
-) -> float:
-    """Images/s of a whole `featx extract` job (decode to saved shards) into a fresh ``out_dir``.
-    The model's session creation is included, as users pay it."""
-    shutil.rmtree(out_dir, ignore_errors=True)
-    summary = extract(
-        onnx_path,
-        [str(p) for p in paths],
-        out_dir,
-        batch_size=batch_size,
-        workers=workers,
-        threads=threads,
-        progress=False,
+    batch_size: int,
+    device: str = "cpu",
+) -> Callable[[], np.ndarray]:
+    """A whole `featx extract` job (decode to saved shards) into a fresh ``out_dir``, session
+    creation included as users pay it; each call returns the extracted features in input order."""
+    out_dir = Path(out_dir)
+    files = [str(path) for path in paths]
+
+    def run() -> np.ndarray:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        summary = extract(
+            onnx_path, files, out_dir, batch_size=batch_size, device=device, progress=False
+        )
+        if summary.errors:
+            raise ValueError(
+                f"{summary.errors} benchmark images failed; see {out_dir}/errors.jsonl"
+            )
+        return read_features(out_dir)
+
+    return run
+
+
+def read_features(out_dir: Path) -> np.ndarray:
+    """The npy shards of a finished extraction, concatenated in manifest order."""
+    manifest = json.loads((out_dir / MANIFEST).read_text())
+    return np.concatenate(
+        [np.load(out_dir / shard["files"]["features"]) for shard in manifest["shards"]]
     )
-    if summary.errors:
-        raise ValueError(f"{summary.errors} benchmark images failed; see {out_dir}/errors.jsonl")
-    return summary.images_per_second

@@ -1,0 +1,116 @@
+"""What the harness measures: one ``Case`` per row, of one of three kinds.
+
+- ``model``: model-only inference of one registered extractor on a random batch through one
+  backend (featx.bench.backends), at one batch size, on one device.
+- ``extract-e2e``: a whole extraction from JPEG files to saved features, decode included: the
+  eager PyTorch loop users write (``eager``) against ``featx extract`` (``featx``).
+- ``preprocess``: decode + resize + crop + normalise of JPEG files, one at a time on one thread:
+  PIL + torchvision (``pil``) against featx's C++ pipeline (``cpp``).
+
+Kernel-level GPU cases (issue 4: a fused op against cuDNN or SDPA, from ``featx.bench.kernels``)
+are the next kind: their ``Case``s are added in ``build_cases`` and their preparer in
+``featx.bench.run.Bench.prepare`` (see featx.bench.run); the rest of the harness is shared.
+
+Each kind names the backend every other row of its group is measured against (``REFERENCE``);
+a case's id is stable across runs, which is what the regression gate matches on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+MODEL_BACKENDS = (
+    "eager",
+    "eager-folded",
+    "eager-fp16",
+    "eager-bf16",
+    "compile",
+    "fused",
+    "ort-python",
+    "runner",
+)
+E2E_BACKENDS = ("eager", "featx")
+PREPROCESS_BACKENDS = ("pil", "cpp")
+GROUP_BACKENDS = {"extract-e2e": E2E_BACKENDS, "preprocess": PREPROCESS_BACKENDS}
+"""Names accepted in a backend list that stand for all rows of a kind."""
+ALL_BACKENDS = (*MODEL_BACKENDS, *GROUP_BACKENDS)
+REFERENCE = {"model": "eager", "extract-e2e": "eager", "preprocess": "pil"}
+EAGER_AT_DTYPE = {"float32": "eager", "float16": "eager-fp16", "bfloat16": "eager-bf16"}
+PREPROCESS_MODEL = "resnet50"
+"""Preprocess rows use this extractor's transform (resize 256, crop 224, bilinear)."""
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Case:
+    kind: str
+    model: str
+    backend: str
+    batch_size: int
+    device: str
+    dtype: str = "float32"
+
+    @property
+    def id(self) -> str:
+        batch = f"bs{self.batch_size}"
+        return "/".join((self.kind, self.model, self.backend, self.dtype, batch, self.device))
+
+    def reference(self) -> Case:
+        """The eager fp32 (or PIL) case this one's speedup and parity are taken against."""
+        return Case(self.kind, self.model, REFERENCE[self.kind], self.batch_size, self.device)
+
+    def same_dtype_reference(self) -> Case:
+        """The eager case at this case's dtype (model kind), else the reference."""
+        if self.kind != "model":
+            return self.reference()
+        backend = EAGER_AT_DTYPE[self.dtype]
+        return Case(self.kind, self.model, backend, self.batch_size, self.device, self.dtype)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, **asdict(self)}
+
+
+def backend_dtype(backend: str) -> str:
+    """The compute dtype of a model backend."""
+    if backend == "eager-fp16" or backend == "fused":
+        return "float16"
+    if backend == "eager-bf16":
+        return "bfloat16"
+    return "float32"
+
+
+def build_cases(
+    models: list[str], backends: list[str], batch_sizes: list[int], device: str
+) -> list[Case]:
+    """Every case of the run, references first within each group (their figures are needed
+    for the speedups and parity of the rest), in a stable order."""
+    unknown = sorted(set(backends) - set(ALL_BACKENDS))
+    if unknown:
+        raise ValueError(
+            f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(ALL_BACKENDS)}"
+        )
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose {' or '.join(DEVICES)}")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {batch_sizes}")
+    cases: list[Case] = []
+    model_backends = [b for b in MODEL_BACKENDS if b in backends]
+    for model in models:
+        for batch in batch_sizes:
+            chosen = _with_references(model_backends, "model")
+            cases += [Case("model", model, b, batch, device, backend_dtype(b)) for b in chosen]
+    if "extract-e2e" in backends:
+        for model in models:
+            for batch in batch_sizes:
+                cases += [Case("extract-e2e", model, b, batch, device) for b in E2E_BACKENDS]
+    if "preprocess" in backends:
+        cases += [Case("preprocess", PREPROCESS_MODEL, b, 1, "cpu") for b in PREPROCESS_BACKENDS]
+    return cases
+
+
+def _with_references(chosen: list[str], kind: str) -> list[str]:
+    """``chosen`` plus the eager backends their speedups need, references first."""
+    needed = {REFERENCE[kind]} | {EAGER_AT_DTYPE[backend_dtype(b)] for b in chosen}
+    return [b for b in MODEL_BACKENDS if b in needed] + [
+        b for b in MODEL_BACKENDS if b in chosen and b not in needed
+    ]

@@ -1,0 +1,324 @@
+"""The harness: prepare each case, check its parity with the reference, time it, make its row.
+
+``run_bench`` is the Python face of ``featx bench``; ``Bench`` is the part the pytest-benchmark
+suite in benchmarks/ shares, so both measure the very same cases the same way.
+
+Kernel-level cases (issue 4: a fused op against cuDNN or SDPA) join as another kind: a preparer
+in ``Bench.prepare``'s table that turns a ``featx.bench.kernels`` function into a ``Prepared``
+(its ``run`` launches the kernel once; ``cuda_events=True``), and ``Case``s for them in
+``build_cases``. Everything after preparation (timing, parity, table, JSON, plot, regression gate)
+is shared.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+from featx.bench.backends import ModelAssets, Prepared, Unavailable, prepared
+from featx.bench.cases import ALL_BACKENDS, REFERENCE, Case, build_cases
+from featx.bench.compare import GateResult, load_result, matching_cases, regression_gate
+from featx.bench.corpus import make_corpus
+from featx.bench.eager import eager_extract, pil_preprocess_pass
+from featx.bench.environment import environment
+from featx.bench.extraction import cpp_preprocess_pass, featx_extract_job
+from featx.bench.report import make_row, print_table, with_speedups, write_json, write_plot
+from featx.bench.timing import measure
+from featx.errors import FeatxError
+from featx.models import get_extractor
+from featx.parity import FP16_MIN_COSINE, FP32_MAX_REL, FP32_MIN_COSINE, ParityGate, compare
+
+RESULT_FORMAT = 1
+BF16_MIN_COSINE = 0.995
+"""bf16 keeps 8 mantissa bits to fp16's 11, so its rounding error is ~8x fp16's: fp16's cosine
+gate (0.999) would fail correct bf16 models."""
+E2E_WORKERS = 2
+"""DataLoader worker processes of the eager pipeline (one per core on the 2-core build machine)."""
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    models: tuple[str, ...] = ("resnet50",)
+    backends: tuple[str, ...] = ALL_BACKENDS
+    batch_sizes: tuple[int, ...] = (1, 32)
+    device: str = "cpu"
+    repeats: int = 10
+    warmup: int = 2
+    e2e_images: int = 256
+    e2e_repeats: int = 3
+    preprocess_images: int = 64
+
+    def check(self) -> None:
+        """Raises FeatxError for settings that cannot be measured, before anything runs."""
+        for model in self.models:
+            get_extractor(model)
+        try:
+            build_cases(list(self.models), list(self.backends), list(self.batch_sizes), self.device)
+        except ValueError as err:
+            raise FeatxError(str(err)) from err
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise FeatxError("--device cuda asked for, but torch sees no CUDA device here")
+        if min(self.repeats, self.e2e_repeats) < 1 or self.warmup < 0:
+            raise FeatxError("repeats must be >= 1 and warm-up >= 0")
+        if min(self.e2e_images, self.preprocess_images) < 1:
+            raise FeatxError("the image counts of the extraction cases must be >= 1")
+
+    def to_dict(self) -> dict:
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in vars(self).items()
+        }
+
+
+def gate_for(case: Case) -> ParityGate:
+    """The fidelity gate a case's features must pass against its reference's."""
+    if case.dtype == "float16":
+        return ParityGate(FP16_MIN_COSINE, None)
+    if case.dtype == "bfloat16":
+        return ParityGate(BF16_MIN_COSINE, None)
+    return ParityGate(FP32_MIN_COSINE, FP32_MAX_REL)
+
+
+class Bench:
+    """Prepares and measures cases; models, exports, the JPEG corpus and reference features
+    are made once and shared by every case that needs them."""
+
+    def __init__(self, settings: BenchSettings, work_dir: Path):
+        self.settings = settings
+        self.work_dir = work_dir
+        self._assets: dict[str, ModelAssets] = {}
+        self._reference_features: dict[str, np.ndarray | None] = {}
+
+    def assets(self, arch: str) -> ModelAssets:
+        if arch not in self._assets:
+            self._assets[arch] = ModelAssets(arch, self.work_dir)
+        return self._assets[arch]
+
+    @functools.cached_property
+    def corpus(self) -> list[Path]:
+        count = max(self.settings.e2e_images, self.settings.preprocess_images)
+        return make_corpus(self.work_dir / "corpus", count=count)
+
+    def prepare(self, case: Case) -> Prepared:
+        """Builds ``case`` and runs it once untimed; raises Unavailable with the reason."""
+        preparers: dict[str, Callable[[Case], Prepared]] = {
+            "model": self._prepare_model,
+            "extract-e2e": self._prepare_e2e,
+            "preprocess": self._prepare_preprocess,
+        }
+        work = preparers[case.kind](case)
+        if case.backend == REFERENCE[case.kind]:
+            self._reference_features[case.id] = work.features
+        return work
+
+    def parity(self, case: Case, work: Prepared) -> dict | None:
+        """Parity figures of ``case`` against its reference, with the gate and the verdict;
+        None for a reference itself, or when the reference could not run here."""
+        if case.backend == REFERENCE[case.kind] or work.features is None:
+            return None
+        reference = self.reference_features(case.reference())
+        if reference is None:
+            return None
+        gate = gate_for(case)
+        figures = compare(reference, work.features)
+        failures = gate.failures(case.backend, figures)
+        return {
+            "max_abs": figures.max_abs,
+            "max_rel": figures.max_rel,
+            "min_cosine": figures.min_cosine,
+            "rows": figures.rows,
+            "gate": {"min_cosine": gate.min_cosine, "max_rel": gate.max_rel},
+            "passed": not failures,
+            "failures": failures,
+        }
+
+    def reference_features(self, reference: Case) -> np.ndarray | None:
+        if reference.id not in self._reference_features:
+            try:
+                features = self.prepare(reference).features
+            except Unavailable:
+                features = None
+            self._reference_features[reference.id] = features
+        return self._reference_features[reference.id]
+
+    def measure(self, case: Case) -> dict:
+        """One result row for ``case``: unavailable, failing parity (not timed), or timed."""
+        try:
+            work = self.prepare(case)
+        except Unavailable as err:
+            return make_row(case, status="unavailable", reason=str(err))
+        parity = self.parity(case, work)
+        if parity is not None and not parity["passed"]:
+            return make_row(
+                case,
+                status="failing-parity",
+                reason="; ".join(parity["failures"]),
+                parity=parity,
+                work=work,
+            )
+        warmup, repeats = self.runs(case)
+        timing = measure(work.run, warmup=warmup, repeats=repeats, cuda=work.cuda_events)
+        return make_row(case, status="ok", parity=parity, work=work, timing=timing)
+
+    def runs(self, case: Case) -> tuple[int, int]:
+        """(warm-up, repeats). The untimed run of ``prepare`` already warmed the extraction
+        cases: one pass over the files or one whole job."""
+        if case.kind == "extract-e2e":
+            return 0, self.settings.e2e_repeats
+        if case.kind == "preprocess":
+            return 0, self.settings.repeats
+        return self.settings.warmup, self.settings.repeats
+
+    def _prepare_model(self, case: Case) -> Prepared:
+        return prepared(case.backend, self.assets(case.model), case.batch_size, case.device)
+
+    def _prepare_e2e(self, case: Case) -> Prepared:
+        assets = self.assets(case.model)
+        paths = self.corpus[: self.settings.e2e_images]
+        started = time.perf_counter()
+        if case.backend == "eager":
+            out_file = self.work_dir / f"eager-{case.model}.npy"
+            # A copy: eager_extract moves the model to the device in place.
+            model = copy.deepcopy(assets.feature_model)
+
+            def run() -> np.ndarray:
+                eager_extract(
+                    model,
+                    paths,
+                    assets.preprocess,
+                    out_file,
+                    case.batch_size,
+                    workers=E2E_WORKERS,
+                    device=case.device,
+                    warmup=False,  # the untimed first run of prepare() warmed the model
+                )
+                return np.load(out_file)
+
+            note = f"DataLoader, {E2E_WORKERS} PIL workers, np.save"
+        else:
+            out_dir = self.work_dir / f"extract-{case.model}"
+            run = featx_extract_job(
+                assets.onnx_path, paths, out_dir, case.batch_size, device=case.device
+            )
+            note = "featx extract: C++ decode threads + runner, npy shards"
+        try:
+            features = run()
+        except FeatxError as err:
+            raise Unavailable(str(err)) from err
+        note = f"{len(paths)} JPEGs per run; {note}"
+        return Prepared(run, len(paths), False, features, time.perf_counter() - started, note)
+
+    def _prepare_preprocess(self, case: Case) -> Prepared:
+        preprocess = get_extractor(case.model).preprocess
+        paths = self.corpus[: self.settings.preprocess_images]
+        make_pass = pil_preprocess_pass if case.backend == "pil" else cpp_preprocess_pass
+        started = time.perf_counter()
+        run = make_pass(paths, preprocess)
+        features = run()
+        note = (
+            f"{len(paths)} JPEGs per run, one thread; resize {preprocess.resize_size} "
+            f"crop {preprocess.crop_size} {preprocess.interpolation}"
+        )
+        return Prepared(
+            run,
+            len(paths),
+            False,
+            features.reshape(len(paths), -1),
+            time.perf_counter() - started,
+            note,
+        )
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    document: dict
+    gate: GateResult | None
+
+    @property
+    def passed(self) -> bool:
+        return self.gate is None or self.gate.passed
+
+
+def run_bench(
+    settings: BenchSettings,
+    *,
+    output: str | Path | None = None,
+    plot: str | Path | None = None,
+    compare_to: str | Path | None = None,
+    threshold: float = 0.10,
+    remeasure_attempts: int = 2,
+    console: Console | None = None,
+) -> BenchResult:
+    """Measures every case of ``settings``, prints the table, writes the JSON and the plot, and,
+    with ``compare_to``, runs the regression gate against that earlier result (a case that looks
+    regressed is measured again up to ``remeasure_attempts`` times before it counts)."""
+    console = console or Console()
+    settings.check()
+    for path, suffix in ((output, ".json"), (plot, ".png")):
+        if path is not None and Path(path).suffix != suffix:
+            raise FeatxError(f"{path}: expected a {suffix} file name")
+        if path is not None and not Path(path).parent.is_dir():
+            raise FeatxError(f"{path}: folder {Path(path).parent} does not exist")
+    if not 0 < threshold < 1:
+        raise FeatxError(f"--threshold {threshold}: give a fraction between 0 and 1, e.g. 0.10")
+    env = environment()
+    cases = build_cases(
+        list(settings.models), list(settings.backends), list(settings.batch_sizes), settings.device
+    )
+    old = None
+    if compare_to is not None:
+        old = load_result(compare_to)
+        matching_cases(old, env, [case.id for case in cases])
+
+    with tempfile.TemporaryDirectory(prefix="featx-bench-") as tmp:
+        bench = Bench(settings, Path(tmp))
+        rows = with_speedups(_measure_all(bench, cases, console))
+        document = {
+            "featx_bench": RESULT_FORMAT,
+            "environment": env,
+            "settings": settings.to_dict(),
+            "rows": rows,
+        }
+        gate = None
+        if old is not None:
+            by_id = {case.id: case for case in cases}
+            gate = regression_gate(
+                old,
+                document,
+                threshold,
+                remeasure=lambda case_id: bench.measure(by_id[case_id]),
+                attempts=remeasure_attempts,
+            )
+            document["gate"] = gate.to_dict()
+
+    print_table(document, console)
+    if gate is not None:
+        gate.print(console)
+    if output is not None:
+        write_json(document, Path(output))
+        console.print(f"wrote {output}")
+    if plot is not None:
+        write_plot(document, Path(plot))
+        console.print(f"wrote {plot}")
+    return BenchResult(document, gate)
+
+
+def _measure_all(bench: Bench, cases: Sequence[Case], console: Console) -> list[dict]:
+    rows = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("benchmark", total=len(cases))
+        for case in cases:
+            progress.update(task, description=case.id)
+            rows.append(bench.measure(case))
+            progress.advance(task)
+    return rows

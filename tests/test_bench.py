@@ -1,0 +1,286 @@
+import copy
+import json
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from featx.bench.backends import Prepared
+from featx.bench.cases import Case, build_cases
+from featx.bench.compare import compare_results, matching_cases, regression_gate
+from featx.bench.run import Bench, BenchSettings
+from featx.bench.timing import Timing
+from featx.cli import main
+from featx.errors import FeatxError
+
+ENV = {"device": "CPU: Test CPU (2 cores)", "torch": "x", "commit": "abc"}
+
+
+def _row(case_id, rate, status="ok", reason=""):
+    return {
+        "id": case_id,
+        "status": status,
+        "reason": reason,
+        "images_per_s": rate if status == "ok" else None,
+    }
+
+
+def _result(rates, env=ENV):
+    return {"environment": env, "rows": [_row(case, rate) for case, rate in rates.items()]}
+
+
+OLD = _result(
+    {"model/resnet50/eager/float32/bs1/cpu": 10.0, "model/resnet50/runner/float32/bs1/cpu": 20.0}
+)
+
+
+def _verdicts(gate):
+    return {verdict.case: verdict.verdict for verdict in gate.verdicts}
+
+
+def test_gate_fails_on_a_synthetic_slower_result():
+    slower = _result(
+        {
+            "model/resnet50/eager/float32/bs1/cpu": 10.0,
+            "model/resnet50/runner/float32/bs1/cpu": 15.0,
+        }
+    )
+    remeasured = []
+
+    def remeasure(case_id):
+        remeasured.append(case_id)
+        return _row(case_id, 15.5)
+
+    gate = regression_gate(OLD, slower, 0.10, remeasure=remeasure, attempts=2)
+    assert not gate.passed
+    assert _verdicts(gate) == {
+        "model/resnet50/eager/float32/bs1/cpu": "ok",
+        "model/resnet50/runner/float32/bs1/cpu": "regressed",
+    }
+    # Re-measured twice before failing; only the regressed case.
+    assert remeasured == ["model/resnet50/runner/float32/bs1/cpu"] * 2
+    assert gate.failures[0].rates == [15.0, 15.5, 15.5]
+
+
+def test_gate_passes_a_result_within_the_threshold():
+    within = _result(
+        {"model/resnet50/eager/float32/bs1/cpu": 9.2, "model/resnet50/runner/float32/bs1/cpu": 25.0}
+    )
+    gate = regression_gate(OLD, within, 0.10, remeasure=pytest.fail)
+    assert gate.passed
+    assert _verdicts(gate) == {
+        "model/resnet50/eager/float32/bs1/cpu": "ok",
+        "model/resnet50/runner/float32/bs1/cpu": "improved",
+    }
+
+
+def test_gate_passes_a_noisy_measurement_that_recovers_on_remeasure():
+    noisy = _result(
+        {"model/resnet50/eager/float32/bs1/cpu": 5.0, "model/resnet50/runner/float32/bs1/cpu": 20.0}
+    )
+    again = iter([8.5, 9.8, 10.0])
+    gate = regression_gate(
+        OLD, noisy, 0.10, remeasure=lambda case: _row(case, next(again)), attempts=3
+    )
+    assert gate.passed
+    verdict = gate.verdicts[0]
+    assert verdict.verdict == "recovered"
+    assert verdict.rates == [5.0, 8.5, 9.8]  # stopped at the first measurement within 10%
+
+
+def test_gate_threshold_is_a_strict_fraction():
+    at_edge = _result({"model/resnet50/eager/float32/bs1/cpu": 9.0})
+    assert (
+        _verdicts(regression_gate(OLD, at_edge, 0.10))["model/resnet50/eager/float32/bs1/cpu"]
+        == "ok"
+    )
+    below = _result({"model/resnet50/eager/float32/bs1/cpu": 8.99})
+    assert not regression_gate(OLD, below, 0.10).passed
+    assert regression_gate(OLD, below, 0.15).passed
+
+
+def test_gate_fails_a_backend_that_now_fails_parity_and_reports_case_changes():
+    new = {
+        "environment": ENV,
+        "rows": [
+            _row("model/resnet50/runner/float32/bs1/cpu", None, "failing-parity", "min cosine 0.9"),
+            _row("model/resnet50/compile/float32/bs1/cpu", 30.0),
+        ],
+    }
+    verdicts = {v.case: v for v in compare_results(OLD, new, 0.10)}
+    assert verdicts["model/resnet50/runner/float32/bs1/cpu"].verdict == "parity-failed"
+    assert verdicts["model/resnet50/compile/float32/bs1/cpu"].verdict == "new"
+    assert verdicts["model/resnet50/eager/float32/bs1/cpu"].verdict == "not-measured"
+    assert not regression_gate(OLD, new, 0.10).passed
+
+
+def test_comparing_across_devices_or_without_common_cases_is_refused():
+    other = {**ENV, "device": "CPU: Other CPU (64 cores)"}
+    with pytest.raises(FeatxError, match=r"Other CPU.*same device"):
+        matching_cases(OLD, other, ["model/resnet50/eager/float32/bs1/cpu"])
+    with pytest.raises(FeatxError, match="no timed case"):
+        matching_cases(OLD, ENV, ["model/vgg16/eager/float32/bs1/cpu"])
+    assert matching_cases(OLD, ENV, ["model/resnet50/runner/float32/bs1/cpu", "x"]) == [
+        "model/resnet50/runner/float32/bs1/cpu"
+    ]
+
+
+def test_timing_quantiles():
+    timing = Timing.from_seconds([5.0, 1.0, 4.0, 2.0, 3.0, 6.0], "perf_counter")
+    assert timing.median_s == 3.5
+    assert timing.p20_s == pytest.approx(2.0)
+    assert timing.p80_s == pytest.approx(5.0)
+    single = Timing.from_seconds([0.25], "cuda-events")
+    assert single.median_s == single.p20_s == single.p80_s == 0.25
+
+
+def test_cases_put_references_first_and_reject_unknown_backends():
+    cases = build_cases(["resnet18"], ["runner", "fused", "preprocess"], [1, 8], "cpu")
+    model_cases = [c for c in cases if c.kind == "model"]
+    # fused (fp16) needs both eager fp32 and eager fp16 as references, measured before it.
+    assert [c.backend for c in model_cases[:4]] == ["eager", "eager-fp16", "fused", "runner"]
+    assert [c.backend for c in cases if c.kind == "preprocess"] == ["pil", "cpp"]
+    assert len({c.id for c in cases}) == len(cases)
+    with pytest.raises(ValueError, match="unknown backend"):
+        build_cases(["resnet18"], ["tensorrt"], [1], "cpu")
+
+
+def test_bench_reports_drifting_features_as_failing_parity(tmp_path):
+    settings = BenchSettings(models=("small_cnn",), batch_sizes=(2,), repeats=1, warmup=0)
+    bench = Bench(settings, tmp_path)
+    reference = Case("model", "small_cnn", "eager", 2, "cpu")
+    features = bench.reference_features(reference)
+    candidate = Case("model", "small_cnn", "runner", 2, "cpu")
+    exact = Prepared(lambda: None, 2, False, features.copy(), 0.0)
+    assert bench.parity(candidate, exact)["passed"]
+    drifted = features + 1e-2 * np.abs(features).max() * np.random.default_rng(0).standard_normal(
+        features.shape
+    ).astype(np.float32)
+    parity = bench.parity(candidate, Prepared(lambda: None, 2, False, drifted, 0.0))
+    assert not parity["passed"]
+    failures = " ".join(parity["failures"])
+    assert "runner: min cosine" in failures
+    assert "max-abs/scale" in failures
+
+
+BACKENDS = ("eager", "eager-folded", "eager-fp16", "fused", "ort-python", "runner")
+BACKENDS += ("extract-e2e", "preprocess")
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """One real `featx bench` on a tiny model: every kind of case, two timed repeats each."""
+    out = tmp_path_factory.mktemp("bench")
+    argv = [
+        "bench",
+        "--model", "small_cnn",
+        "--backends", ",".join(BACKENDS),
+        "--batch-sizes", "2",
+        "--repeats", "2",
+        "--e2e-images", "6",
+        "--e2e-repeats", "1",
+        "--preprocess-images", "3",
+        "--output", str(out / "result.json"),
+        "--plot", str(out / "result.png"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    return out, argv
+
+
+def test_bench_cli_writes_result_json_and_plot(small_run):
+    out, _ = small_run
+    document = json.loads((out / "result.json").read_text())
+    for key in ("device", "torch", "onnxruntime", "commit"):
+        assert key in document["environment"]
+    rows = {row["id"]: row for row in document["rows"]}
+    timed = [
+        "model/small_cnn/eager/float32/bs2/cpu",
+        "model/small_cnn/eager-folded/float32/bs2/cpu",
+        "model/small_cnn/ort-python/float32/bs2/cpu",
+        "model/small_cnn/runner/float32/bs2/cpu",
+        "extract-e2e/small_cnn/eager/float32/bs2/cpu",
+        "extract-e2e/small_cnn/featx/float32/bs2/cpu",
+        "preprocess/resnet50/pil/float32/bs1/cpu",
+        "preprocess/resnet50/cpp/float32/bs1/cpu",
+    ]
+    for case in timed:
+        row = rows[case]
+        assert row["status"] == "ok", row
+        assert row["timing"]["repeats"] == (1 if row["kind"] == "extract-e2e" else 2)
+        assert row["timing"]["p20_s"] <= row["timing"]["median_s"] <= row["timing"]["p80_s"]
+        assert row["images_per_s"] == pytest.approx(
+            row["images_per_run"] / row["timing"]["median_s"]
+        )
+        if row["backend"] in ("eager", "pil"):
+            assert row["parity"] is None
+            assert row["speedup_vs_eager_fp32"] == 1.0
+        else:
+            assert row["parity"]["passed"]
+            reference = rows[
+                case.replace(row["backend"], "eager" if row["kind"] != "preprocess" else "pil")
+            ]
+            assert row["speedup_vs_eager_fp32"] == pytest.approx(
+                row["images_per_s"] / reference["images_per_s"]
+            )
+    # The C++ preprocessing is bit-identical to PIL's.
+    assert rows["preprocess/resnet50/cpp/float32/bs1/cpu"]["parity"]["max_abs"] == 0.0
+    assert rows["model/small_cnn/eager-fp16/float16/bs2/cpu"]["status"] == "unavailable"
+    assert "--device cuda" in rows["model/small_cnn/eager-fp16/float16/bs2/cpu"]["reason"]
+    assert rows["model/small_cnn/fused/float16/bs2/cpu"]["status"] == "unavailable"
+    assert (out / "result.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_bench_cli_compare_exits_1_on_a_synthetic_slower_baseline(small_run, tmp_path):
+    out, argv = small_run
+    baseline = json.loads((out / "result.json").read_text())
+    impossible = copy.deepcopy(baseline)
+    for row in impossible["rows"]:
+        if row["images_per_s"]:
+            row["images_per_s"] = 1e9  # far beyond anything this machine can do
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(impossible))
+    argv = [*argv[: argv.index("--output")], "--backends", "runner", "--compare", str(old)]
+    argv += ["--output", str(tmp_path / "new.json")]
+    assert main(argv) == 1
+    gate = json.loads((tmp_path / "new.json").read_text())["gate"]
+    assert not gate["passed"]
+    regressed = [v for v in gate["verdicts"] if v["verdict"] == "regressed"]
+    assert {v["case"] for v in regressed} == {
+        "model/small_cnn/eager/float32/bs2/cpu",
+        "model/small_cnn/runner/float32/bs2/cpu",
+    }
+    assert all(len(v["rates"]) == 3 for v in regressed)  # first measurement + 2 re-measurements
+
+
+def test_bench_cli_refuses_a_baseline_from_another_device(small_run, tmp_path, capsys):
+    out, argv = small_run
+    baseline = json.loads((out / "result.json").read_text())
+    baseline["environment"]["device"] = "CPU: Some Other CPU (96 cores)"
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(baseline))
+    target = tmp_path / "new.json"
+    argv = [*argv[: argv.index("--output")], "--compare", str(old), "--output", str(target)]
+    assert main(argv) == 2
+    assert "Some Other CPU" in capsys.readouterr().err
+    assert not target.exists()
+
+
+def test_bench_table_marks_failing_parity(capsys):
+    case = Case("model", "resnet50", "compile", 1, "cpu")
+    row = {
+        **case.to_dict(),
+        "status": "failing-parity",
+        "reason": "compile: min cosine 0.9000000 < 0.99999",
+        "note": "",
+        "timing": None,
+        "images_per_s": None,
+        "speedup_vs_eager_fp32": None,
+        "speedup_vs_eager_same_dtype": None,
+        "parity": {"min_cosine": 0.9, "max_rel": 0.3},
+    }
+    from featx.bench.report import print_table
+
+    print_table({"environment": ENV, "rows": [row]}, Console(width=200))
+    text = capsys.readouterr().out
+    assert "failing-parity" in text
+    assert "min cosine 0.9000000" in text
