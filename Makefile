@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.featx-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint format bench bench-extract bench-pytest bench-export clean
+.PHONY: setup demo test lint format bench bench-gpu bench-extract bench-pytest bench-export clean
 
 setup: $(INSTALLED)
 
@@ -44,6 +44,13 @@ BENCH_ARGS ?= --model resnet18,resnet50 --batch-sizes 1,16 --repeats 5 --e2e-ima
 
 bench: setup
 	$(VENV)/bin/featx bench $(BENCH_ARGS) --output $(BENCH_OUT).json --plot $(BENCH_OUT).png
+
+# The GPU matrix (on a GPU machine): every model backend, ResNet-50 conv blocks, ViT-B attention.
+GPU_BENCH_OUT ?= benchmarks/results/bench-gpu
+bench-gpu: setup
+	$(VENV)/bin/featx bench --device cuda --model resnet50,vit_b_16 --batch-sizes 64,256 \
+		--backends eager,eager-folded,eager-fp16,eager-bf16,compile,fused,ort-python,runner,conv,attention \
+		--output $(GPU_BENCH_OUT).json --plot $(GPU_BENCH_OUT).png
 
 # Issue 3's claims: featx extract vs eager on 2,000 JPEGs, C++ vs PIL preprocessing per core.
 bench-extract: setup

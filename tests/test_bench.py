@@ -213,13 +213,13 @@ def test_bench_cli_writes_result_json_and_plot(small_run):
         )
         if row["backend"] in ("eager", "pil"):
             assert row["parity"] is None
-            assert row["speedup_vs_eager_fp32"] == 1.0
+            assert row["speedup_vs_reference"] == 1.0
         else:
             assert row["parity"]["passed"]
             reference = rows[
                 case.replace(row["backend"], "eager" if row["kind"] != "preprocess" else "pil")
             ]
-            assert row["speedup_vs_eager_fp32"] == pytest.approx(
+            assert row["speedup_vs_reference"] == pytest.approx(
                 row["images_per_s"] / reference["images_per_s"]
             )
     # The C++ preprocessing is bit-identical to PIL's.
@@ -274,8 +274,8 @@ def test_bench_table_marks_failing_parity(capsys):
         "note": "",
         "timing": None,
         "images_per_s": None,
-        "speedup_vs_eager_fp32": None,
-        "speedup_vs_eager_same_dtype": None,
+        "speedup_vs_reference": None,
+        "speedup_vs_same_dtype": None,
         "parity": {"min_cosine": 0.9, "max_rel": 0.3},
     }
     from featx.bench.report import print_table
@@ -284,3 +284,59 @@ def test_bench_table_marks_failing_parity(capsys):
     text = capsys.readouterr().out
     assert "failing-parity" in text
     assert "min cosine 0.9000000" in text
+
+
+def test_kernel_cases_cover_resnet50_conv_blocks_and_vit_attention():
+    from featx.bench.kernels import resnet50_conv_blocks
+
+    blocks = resnet50_conv_blocks()
+    # 53 convs, of which these distinct blocks; each conv3 of a bottleneck stage adds the
+    # identity before its ReLU, the downsample convs end at their BatchNorm.
+    assert "7x7s2 3-64 224x224+relu" in blocks
+    assert "1x1s1 64-256 56x56+add+relu" in blocks
+    assert "1x1s1 64-256 56x56" in blocks
+    assert "3x3s2 512-512 14x14+relu" in blocks
+    assert sum(shape.residual for shape in blocks.values()) == 4
+    cases = build_cases(["resnet50"], ["conv", "attention"], [64, 256], "cuda")
+    conv = [case for case in cases if case.kind == "conv"]
+    assert len(conv) == len(blocks) * 2 * 4
+    assert {case.dtype for case in cases} == {"float16"}
+    for case in conv:
+        assert case.reference() == Case(
+            "conv", case.model, "eager-channels_last", case.batch_size, "cuda", "float16"
+        )
+    attention = [case for case in cases if case.kind == "attention"]
+    assert [case.backend for case in attention[:3]] == ["sdpa", "unfused", "featx"]
+    assert len({case.id for case in cases}) == len(cases)
+
+
+def test_kernel_cases_are_unavailable_without_a_gpu(tmp_path):
+    from featx.bench.backends import Unavailable
+    from featx.bench.kernels import prepare_attention, prepare_conv
+
+    with pytest.raises(Unavailable, match="CUDA GPU"):
+        prepare_attention("featx", 2, "cpu")
+    with pytest.raises(Unavailable, match="CUDA GPU"):
+        prepare_conv("featx", "7x7s2 3-64 224x224+relu", 2, "cpu")
+    bench = Bench(BenchSettings(), tmp_path)
+    row = bench.measure(Case("attention", "vit_b_16 H12 L197 D64", "featx", 2, "cpu", "float16"))
+    assert row["status"] == "unavailable"
+    assert "CUDA GPU" in row["reason"]
+
+
+@pytest.mark.gpu
+def test_kernel_cases_time_and_pass_parity_on_a_gpu(tmp_path):
+    bench = Bench(BenchSettings(device="cuda", repeats=3, warmup=1), tmp_path)
+    cases = [
+        Case("conv", "3x3s1 64-64 56x56+relu", backend, 8, "cuda", "float16")
+        for backend in ("eager-channels_last", "eager-nchw", "featx")
+    ] + [
+        Case("attention", "vit_b_16 H12 L197 D64", backend, 2, "cuda", "float16")
+        for backend in ("sdpa", "unfused", "featx")
+    ]
+    for case in cases:
+        row = bench.measure(case)
+        assert row["status"] == "ok", row["reason"]
+        assert row["tflops"] > 0
+        if case.backend not in ("eager-channels_last", "sdpa"):
+            assert row["parity"]["passed"]

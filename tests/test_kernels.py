@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import featx.kernels._launch as launch
-from featx.errors import FeatxError
 from featx.kernels import attention, conv_bn_relu
 from featx.testing.references import attention_ref, conv_bn_relu_ref
 from featx.testing.tolerance import assert_within_tolerance
@@ -262,34 +261,3 @@ def test_custom_ops_pass_opcheck_on_cuda():
     )
     q, k, v, mask = _attention_inputs(ATTENTION_CASES["13x32-masked"], torch.float16, "cuda")
     torch.library.opcheck(torch.ops.featx.attention.default, (q, k, v, mask, None))
-
-
-def test_kernel_benchmarks_refuse_a_cpu_device():
-    from featx.bench.kernels import bench_attention
-
-    with pytest.raises(FeatxError, match="CUDA GPU"):
-        bench_attention("cpu")
-
-
-def test_resnet50_conv_shapes_cover_every_conv_with_its_epilogue(monkeypatch):
-    from featx.bench.kernels import resnet50_conv_shapes
-
-    monkeypatch.setattr(launch, "INTERPRET", False)
-    shapes = resnet50_conv_shapes()
-    assert sum(s.count for s in shapes) == 53
-    stem = next(s for s in shapes if s.kernel == 7)
-    assert (stem.channels, stem.height, stem.stride, stem.relu) == (3, 224, 2, True)
-    assert sum(s.count for s in shapes if s.residual) == 16
-    assert len(shapes) == len(set(shapes))
-
-
-@pytest.mark.gpu
-def test_kernel_benchmarks_return_rows_for_every_variant():
-    from featx.bench.kernels import ConvShape, bench_attention, bench_conv_bn_relu
-
-    shape = ConvShape(64, 56, 56, 64, 3, 1, 1, residual=True, relu=True)
-    rows = bench_conv_bn_relu(batches=(8,), shapes=[shape], compile_baseline=False)
-    assert {r.variant for r in rows} == {"eager-nchw", "eager-channels_last", "featx"}
-    assert all(r.median_ms > 0 and r.tflops > 0 for r in rows)
-    rows = bench_attention(batch=2)
-    assert {r.variant for r in rows} == {"sdpa", "unfused", "featx"}

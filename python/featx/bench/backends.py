@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import fx, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from featx.errors import FeatxError
 from featx.features import build_feature_model
@@ -50,6 +51,8 @@ class Prepared:
     work has no features to compare (a timing-only case)."""
     prepare_s: float
     note: str = ""
+    flops: float | None = None
+    """Floating-point operations of one run, for TFLOP/s; None where not counted."""
 
 
 class ModelAssets:
@@ -77,6 +80,13 @@ class ModelAssets:
 
         checkpoint = save_checkpoint(self.work_dir / f"{self.arch}.pt", self.module, self.arch)
         return featx.export(checkpoint, self.work_dir / f"{self.arch}.onnx").path
+
+    @functools.cached_property
+    def flops_per_image(self) -> int:
+        """Floating-point operations of one image through the feature model (torch's count)."""
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            self.feature_model(self.images(1))
+        return counter.get_total_flops()
 
     def images(self, batch_size: int) -> torch.Tensor:
         """A seeded random batch of normalised images at the model's input size."""
@@ -116,7 +126,15 @@ def prepared(backend: str, assets: ModelAssets, batch_size: int, device: str) ->
     started = time.perf_counter()
     run, cuda_events, note = prepare_model(backend, assets, batch_size, device)
     features = features_of(run())
-    return Prepared(run, batch_size, cuda_events, features, time.perf_counter() - started, note)
+    return Prepared(
+        run,
+        batch_size,
+        cuda_events,
+        features,
+        time.perf_counter() - started,
+        note,
+        flops=assets.flops_per_image * batch_size,
+    )
 
 
 def _torch_runner(model: nn.Module, images: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -165,11 +183,8 @@ def _compiled(assets: ModelAssets, images: torch.Tensor, device: str):
 
 
 def _fused(assets: ModelAssets, images: torch.Tensor, device: str):
-    import featx
+    from featx.fuse import fuse
 
-    fuse = getattr(featx, "fuse", None)
-    if fuse is None:
-        raise Unavailable("featx.fuse is not in this build (the fused Triton kernels, issue 4)")
     if device != "cuda":
         raise Unavailable("the fused Triton kernels run on CUDA; run with --device cuda")
     # fp16 NHWC: the dtype and layout the kernels are written for (issue 4's whole-model goal).

@@ -1,4 +1,4 @@
-"""What the harness measures: one ``Case`` per row, of one of three kinds.
+"""What the harness measures: one ``Case`` per row, of one of five kinds.
 
 - ``model``: model-only inference of one registered extractor on a random batch through one
   backend (featx.bench.backends), at one batch size, on one device.
@@ -6,10 +6,9 @@
   eager PyTorch loop users write (``eager``) against ``featx extract`` (``featx``).
 - ``preprocess``: decode + resize + crop + normalise of JPEG files, one at a time on one thread:
   PIL + torchvision (``pil``) against featx's C++ pipeline (``cpp``).
-
-Kernel-level GPU cases (issue 4: a fused op against cuDNN or SDPA, from ``featx.bench.kernels``)
-are the next kind: their ``Case``s are added in ``build_cases`` and their preparer in
-``featx.bench.run.Bench.prepare`` (see featx.bench.run); the rest of the harness is shared.
+- ``conv`` and ``attention`` (GPU): one fused featx kernel against cuDNN, torch.compile or SDPA
+  at ResNet-50's conv blocks and ViT-B's attention shape (featx.bench.kernels); the case's
+  ``model`` names the block.
 
 Each kind names the backend every other row of its group is measured against (``REFERENCE``);
 a case's id is stable across runs, which is what the regression gate matches on.
@@ -31,10 +30,26 @@ MODEL_BACKENDS = (
 )
 E2E_BACKENDS = ("eager", "featx")
 PREPROCESS_BACKENDS = ("pil", "cpp")
-GROUP_BACKENDS = {"extract-e2e": E2E_BACKENDS, "preprocess": PREPROCESS_BACKENDS}
+CONV_BACKENDS = ("eager-channels_last", "eager-nchw", "compile", "featx")
+ATTENTION_BACKENDS = ("sdpa", "unfused", "featx")
+KERNEL_DTYPE = "float16"
+ATTENTION_CASE = "vit_b_16 H12 L197 D64"
+"""The ``model`` of the attention rows: ViT-B/16's heads, tokens and head dim."""
+GROUP_BACKENDS = {
+    "extract-e2e": E2E_BACKENDS,
+    "preprocess": PREPROCESS_BACKENDS,
+    "conv": CONV_BACKENDS,
+    "attention": ATTENTION_BACKENDS,
+}
 """Names accepted in a backend list that stand for all rows of a kind."""
 ALL_BACKENDS = (*MODEL_BACKENDS, *GROUP_BACKENDS)
-REFERENCE = {"model": "eager", "extract-e2e": "eager", "preprocess": "pil"}
+REFERENCE = {
+    "model": "eager",
+    "extract-e2e": "eager",
+    "preprocess": "pil",
+    "conv": "eager-channels_last",
+    "attention": "sdpa",
+}
 EAGER_AT_DTYPE = {"float32": "eager", "float16": "eager-fp16", "bfloat16": "eager-bf16"}
 PREPROCESS_MODEL = "resnet50"
 """Preprocess rows use this extractor's transform (resize 256, crop 224, bilinear)."""
@@ -56,8 +71,12 @@ class Case:
         return "/".join((self.kind, self.model, self.backend, self.dtype, batch, self.device))
 
     def reference(self) -> Case:
-        """The eager fp32 (or PIL) case this one's speedup and parity are taken against."""
-        return Case(self.kind, self.model, REFERENCE[self.kind], self.batch_size, self.device)
+        """The case this one's speedup and parity are taken against: eager fp32 for a model,
+        the kind's reference backend at the same dtype otherwise."""
+        dtype = "float32" if self.kind == "model" else self.dtype
+        return Case(
+            self.kind, self.model, REFERENCE[self.kind], self.batch_size, self.device, dtype
+        )
 
     def same_dtype_reference(self) -> Case:
         """The eager case at this case's dtype (model kind), else the reference."""
@@ -95,7 +114,7 @@ def build_cases(
         raise ValueError(f"batch sizes must be >= 1, got {batch_sizes}")
     cases: list[Case] = []
     model_backends = [b for b in MODEL_BACKENDS if b in backends]
-    for model in models:
+    for model in models if model_backends else ():
         for batch in batch_sizes:
             chosen = _with_references(model_backends, "model")
             cases += [Case("model", model, b, batch, device, backend_dtype(b)) for b in chosen]
@@ -105,6 +124,20 @@ def build_cases(
                 cases += [Case("extract-e2e", model, b, batch, device) for b in E2E_BACKENDS]
     if "preprocess" in backends:
         cases += [Case("preprocess", PREPROCESS_MODEL, b, 1, "cpu") for b in PREPROCESS_BACKENDS]
+    if "conv" in backends:
+        from featx.bench.kernels import resnet50_conv_blocks
+
+        for block in resnet50_conv_blocks():
+            for batch in batch_sizes:
+                cases += [
+                    Case("conv", block, b, batch, device, KERNEL_DTYPE) for b in CONV_BACKENDS
+                ]
+    if "attention" in backends:
+        for batch in batch_sizes:
+            cases += [
+                Case("attention", ATTENTION_CASE, b, batch, device, KERNEL_DTYPE)
+                for b in ATTENTION_BACKENDS
+            ]
     return cases
 
 

@@ -21,7 +21,7 @@ from featx.files import write_atomic
 
 STATUSES = ("ok", "failing-parity", "unavailable")
 SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-TABLE_WIDTH = 150
+TABLE_WIDTH = 170
 """Wide enough for every column unwrapped; narrower terminals scroll rather than squash."""
 STATUS_STYLE = {"ok": "green", "failing-parity": "bold red", "unavailable": "dim"}
 
@@ -47,13 +47,22 @@ def make_row(
         "images_per_run": images_per_run,
         "timing": timing.to_dict() if timing is not None else None,
         "images_per_s": images_per_run / timing.median_s if timing and images_per_run else None,
+        "tflops": _tflops(work, timing),
         "parity": parity,
     }
 
 
+def _tflops(work: Prepared | None, timing: Timing | None) -> float | None:
+    if work is None or timing is None or work.flops is None:
+        return None
+    return work.flops / timing.median_s / 1e12
+
+
 def with_speedups(rows: list[dict]) -> list[dict]:
-    """Rows with ``speedup_vs_eager_fp32`` and ``speedup_vs_eager_same_dtype`` (images/s over
-    the reference's images/s; None where either side has no timing)."""
+    """Rows with ``speedup_vs_reference`` (over the kind's reference: eager fp32 for a model,
+    cuDNN channels_last for a conv block, SDPA for attention, the eager loop or PIL for the
+    extraction kinds) and ``speedup_vs_same_dtype`` (over eager at the row's dtype): images/s
+    over the reference's images/s; None where either side has no timing."""
     rate = {row["id"]: row["images_per_s"] for row in rows}
     out = []
     for row in rows:
@@ -61,8 +70,8 @@ def with_speedups(rows: list[dict]) -> list[dict]:
         out.append(
             {
                 **row,
-                "speedup_vs_eager_fp32": _ratio(row["images_per_s"], rate.get(case.reference().id)),
-                "speedup_vs_eager_same_dtype": _ratio(
+                "speedup_vs_reference": _ratio(row["images_per_s"], rate.get(case.reference().id)),
+                "speedup_vs_same_dtype": _ratio(
                     row["images_per_s"], rate.get(case.same_dtype_reference().id)
                 ),
             }
@@ -87,7 +96,15 @@ def print_table(document: dict, console: Console) -> None:
     table = Table(title=f"featx bench on {device} (commit {env.get('commit') or 'unknown'})")
     for column in ("kind", "model", "backend", "dtype", "bs", "status"):
         table.add_column(column, no_wrap=True)
-    for column in ("median ms", "p20-p80 ms", "img/s", "vs fp32", "vs dtype", "parity cos / rel"):
+    for column in (
+        "median ms",
+        "p20-p80 ms",
+        "img/s",
+        "TFLOP/s",
+        "vs ref",
+        "vs dtype",
+        "parity cos / rel",
+    ):
         table.add_column(column, justify="right", no_wrap=True)
     kind = None
     for row in document["rows"]:
@@ -106,8 +123,9 @@ def print_table(document: dict, console: Console) -> None:
             f"{timing['median_s'] * 1e3:.2f}" if timing else "",
             f"{timing['p20_s'] * 1e3:.2f}-{timing['p80_s'] * 1e3:.2f}" if timing else "",
             f"{row['images_per_s']:.1f}" if row["images_per_s"] else "",
-            _times(row["speedup_vs_eager_fp32"]),
-            _times(row["speedup_vs_eager_same_dtype"]),
+            f"{row['tflops']:.2f}" if row.get("tflops") else "",
+            _times(row["speedup_vs_reference"]),
+            _times(row["speedup_vs_same_dtype"]),
             f"{parity['min_cosine']:.6f} / {parity['max_rel']:.1e}" if parity else "",
         )
     wide = Console(

@@ -1,13 +1,9 @@
 """The harness: prepare each case, check its parity with the reference, time it, make its row.
 
 ``run_bench`` is the Python face of ``featx bench``; ``Bench`` is the part the pytest-benchmark
-suite in benchmarks/ shares, so both measure the very same cases the same way.
-
-Kernel-level cases (issue 4: a fused op against cuDNN or SDPA) join as another kind: a preparer
-in ``Bench.prepare``'s table that turns a ``featx.bench.kernels`` function into a ``Prepared``
-(its ``run`` launches the kernel once; ``cuda_events=True``), and ``Case``s for them in
-``build_cases``. Everything after preparation (timing, parity, table, JSON, plot, regression gate)
-is shared.
+suite in benchmarks/ shares, so both measure the very same cases the same way. Each kind of case
+has its preparer (``Bench.prepare``); everything after preparation (timing, parity, table, JSON,
+plot, regression gate) is shared.
 """
 
 from __future__ import annotations
@@ -115,6 +111,8 @@ class Bench:
             "model": self._prepare_model,
             "extract-e2e": self._prepare_e2e,
             "preprocess": self._prepare_preprocess,
+            "conv": self._prepare_conv,
+            "attention": self._prepare_attention,
         }
         work = preparers[case.kind](case)
         if case.backend == REFERENCE[case.kind]:
@@ -181,6 +179,16 @@ class Bench:
 
     def _prepare_model(self, case: Case) -> Prepared:
         return prepared(case.backend, self.assets(case.model), case.batch_size, case.device)
+
+    def _prepare_conv(self, case: Case) -> Prepared:
+        from featx.bench.kernels import prepare_conv
+
+        return prepare_conv(case.backend, case.model, case.batch_size, case.device)
+
+    def _prepare_attention(self, case: Case) -> Prepared:
+        from featx.bench.kernels import prepare_attention
+
+        return prepare_attention(case.backend, case.batch_size, case.device)
 
     def _prepare_e2e(self, case: Case) -> Prepared:
         assets = self.assets(case.model)
