@@ -182,6 +182,21 @@ def test_init_from_torchvision_state_dict_replaces_only_the_head(tmp_path):
     assert torch.equal(model.fc.weight, fresh_head)
 
 
+def test_init_from_a_checkpoint_of_other_classes_starts_a_new_head(tmp_path):
+    torch.manual_seed(2)
+    source = get_extractor("small_cnn").build_model(3)
+    checkpoint = save_checkpoint(tmp_path / "abc.pt", source, "small_cnn", classes=["a", "b", "c"])
+    same, head = build_classifier(get_extractor("small_cnn"), 3)
+    load_init(same, "small_cnn", checkpoint, head, ["a", "b", "c"])
+    assert torch.equal(same.get_submodule(head).weight, source.get_submodule(head).weight)
+    other, head = build_classifier(get_extractor("small_cnn"), 3)
+    fresh_head = other.get_submodule(head).weight.clone()
+    load_init(other, "small_cnn", checkpoint, head, ["x", "y", "z"])
+    assert torch.equal(other.get_submodule(head).weight, fresh_head)
+    backbone = next(name for name, _ in source.named_parameters() if not name.startswith(head))
+    assert torch.equal(other.get_parameter(backbone), source.get_parameter(backbone))
+
+
 def test_init_errors(tmp_path):
     model, head = build_classifier(get_extractor("resnet18"), 5)
     with pytest.raises(FeatxError, match=r"no such file.*never downloads"):

@@ -1,8 +1,8 @@
 """The accuracy targets of featx train on real data (scikit-learn's digits as JPEG files), CPU.
 
-End to end through the CLI (train -> export -> extract -> eval) in the default suite; the
-transfer, SimSiam and distillation targets are `slow` (about a minute or two each on 2 cores).
-Each compares against a baseline trained or measured the same way on the same fixed split.
+End to end through the CLI (train -> export -> extract -> eval), then the transfer, SimSiam and
+distillation targets (20-40 s each on 2 cores). Each compares against a baseline trained or
+measured the same way on the same fixed split.
 """
 
 import json
@@ -106,16 +106,16 @@ def test_train_export_extract_eval_end_to_end(tmp_path, digits, capsys):
     assert report["linear_probe_accuracy"] >= 0.95
 
 
-@pytest.mark.slow
 def test_linear_transfer_from_pretrained_resnet18_beats_random_features(tmp_path, digits):
     """Pretrain resnet18 on digits 0-4, then a linear head on frozen features for digits 5-9;
-    the same linear training on a randomly initialised resnet18 is the baseline."""
+    the same linear training on a randomly initialised resnet18 is the baseline. Random conv
+    features are strong on digits (about 90% here), so the margin is asked of the error rate."""
     settings = {"image_size": 32, "augment": "light", "progress": False}
     low = _split_csv(digits, "low", range(5))
     high = _split_csv(digits, "high", range(5, 10))
     pretrained = featx.train(low, "resnet18", tmp_path / "low.pt", epochs=3, **settings)
     assert pretrained.best_val_accuracy >= 0.9
-    linear = {"strategy": "linear", "epochs": 4, "lr": 3e-3, **settings}
+    linear = {"strategy": "linear", "epochs": 10, "lr": 1e-2, **settings}
     transfer = featx.train(
         high, "resnet18", tmp_path / "t.pt", init=pretrained.checkpoint, **linear
     )
@@ -128,10 +128,10 @@ def test_linear_transfer_from_pretrained_resnet18_beats_random_features(tmp_path
         f"linear on 5-9: pretrained-on-0-4 {transfer.best_val_accuracy:.3f}, "
         f"random {baseline.best_val_accuracy:.3f}"
     )
-    assert transfer.best_val_accuracy >= baseline.best_val_accuracy + 0.15
+    assert transfer.best_val_accuracy >= 0.95
+    assert 1 - transfer.best_val_accuracy <= (1 - baseline.best_val_accuracy) / 2
 
 
-@pytest.mark.slow
 def test_simsiam_pretraining_improves_knn_over_random_init(tmp_path, digits):
     size = 16
     torch.manual_seed(0)
@@ -154,7 +154,6 @@ def test_simsiam_pretraining_improves_knn_over_random_init(tmp_path, digits):
     assert trained_knn >= random_knn + 0.03
 
 
-@pytest.mark.slow
 def test_distilled_student_gets_within_a_few_points_of_its_teacher(tmp_path, digits):
     settings = {"augment": "light", "progress": False}
     teacher = featx.train(digits, "small_cnn", tmp_path / "teacher.pt", epochs=4, **settings)
@@ -164,7 +163,7 @@ def test_distilled_student_gets_within_a_few_points_of_its_teacher(tmp_path, dig
         tmp_path / "student.pt",
         method="distill",
         teacher=teacher.checkpoint,
-        epochs=8,
+        epochs=12,
         lr=3e-3,
         **settings,
     )

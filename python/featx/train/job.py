@@ -192,7 +192,7 @@ def train(
             num_classes = len(classes)
         model, head = build_classifier(extractor, num_classes)
         if init is not None:
-            load_init(model, arch, init, head)
+            load_init(model, arch, init, head, classes)
         plan = apply_strategy(model, head, strategy, blocks)
         trainable, total = plan.trainable_parameters, plan.total_parameters
         if teacher_model is None:

@@ -48,10 +48,18 @@ def build_classifier(extractor: Extractor, num_classes: int) -> tuple[nn.Module,
     return model, head
 
 
-def load_init(model: nn.Module, arch: str, path: str | Path, head: str | None) -> int:
+def load_init(
+    model: nn.Module,
+    arch: str,
+    path: str | Path,
+    head: str | None,
+    classes: list[str] | None = None,
+) -> int:
     """Loads starting weights into ``model``: a torchvision-style state_dict file or a featx
-    checkpoint of the same arch. The head's weights are dropped when their shape differs (new
-    classes). Returns the number of tensors loaded; every other mismatch is a FeatxError."""
+    checkpoint of the same arch. The head starts fresh when the weights' head has another shape,
+    or when a featx checkpoint was trained on other ``classes`` (a head for classes 0-4 is no
+    start for classes 5-9, even at the same count). Returns the number of tensors loaded; every
+    other mismatch is a FeatxError."""
     path = Path(path)
     if not path.is_file():
         raise FeatxError(
@@ -76,10 +84,13 @@ def load_init(model: nn.Module, arch: str, path: str | Path, head: str | None) -
         raise FeatxError(f"--init {path} holds no state_dict of tensors")
     expected = model.state_dict()
     head_keys = {f"{head}.weight", f"{head}.bias"} if head else set()
+    trained_classes = obj.get("featx", {}).get("classes") if isinstance(obj, dict) else None
+    other_classes = classes is not None and trained_classes is not None
+    other_classes = other_classes and list(trained_classes) != list(classes)
     usable = {
         k: v
         for k, v in state.items()
-        if not (k in head_keys and k in expected and v.shape != expected[k].shape)
+        if not (k in head_keys and (other_classes or v.shape != expected.get(k, v).shape))
     }
     missing = [k for k in expected if k not in usable and k not in head_keys]
     unexpected = [k for k in usable if k not in expected]
