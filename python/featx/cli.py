@@ -363,7 +363,8 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backends",
         default=",".join(defaults.backends),
-        help=f"comma-separated, from: {', '.join(ALL_BACKENDS)} (default: all)",
+        help=f"comma-separated, from: {', '.join(ALL_BACKENDS)} "
+        "(default: all but the GPU kernel kinds conv and attention)",
     )
     parser.add_argument("--batch-sizes", default=",".join(map(str, defaults.batch_sizes)))
     parser.add_argument("--device", choices=("cpu", "cuda"), default=defaults.device)

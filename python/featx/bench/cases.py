@@ -43,6 +43,8 @@ GROUP_BACKENDS = {
 }
 """Names accepted in a backend list that stand for all rows of a kind."""
 ALL_BACKENDS = (*MODEL_BACKENDS, *GROUP_BACKENDS)
+DEFAULT_BACKENDS = (*MODEL_BACKENDS, "extract-e2e", "preprocess")
+"""Everything but the kernel kinds, which are GPU-only and ~200 rows: asked for by name."""
 REFERENCE = {
     "model": "eager",
     "extract-e2e": "eager",

@@ -21,7 +21,7 @@ from featx.files import write_atomic
 
 STATUSES = ("ok", "failing-parity", "unavailable")
 SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-TABLE_WIDTH = 170
+TABLE_WIDTH = 190
 """Wide enough for every column unwrapped; narrower terminals scroll rather than squash."""
 STATUS_STYLE = {"ok": "green", "failing-parity": "bold red", "unavailable": "dim"}
 

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from featx.bench.backends import ModelAssets, Prepared, Unavailable, prepared
-from featx.bench.cases import ALL_BACKENDS, REFERENCE, Case, build_cases
+from featx.bench.cases import DEFAULT_BACKENDS, REFERENCE, Case, build_cases
 from featx.bench.compare import GateResult, load_result, matching_cases, regression_gate
 from featx.bench.corpus import make_corpus
 from featx.bench.eager import eager_extract, pil_preprocess_pass
@@ -45,7 +45,7 @@ E2E_WORKERS = 2
 @dataclass(frozen=True)
 class BenchSettings:
     models: tuple[str, ...] = ("resnet50",)
-    backends: tuple[str, ...] = ALL_BACKENDS
+    backends: tuple[str, ...] = DEFAULT_BACKENDS
     batch_sizes: tuple[int, ...] = (1, 32)
     device: str = "cpu"
     repeats: int = 10
