@@ -13,11 +13,11 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from featx.kernels._launch import INTERPRET, check_same, check_tensor, pair, runs_triton
+from featx.testing.references import conv_bn_relu_ref
 
 OP = "conv_bn_relu"
 
@@ -268,10 +268,18 @@ def conv_bn_relu_fwd(
     shape = _checked_shape(x, weight, bias, stride, padding, dilation, residual)
     out = _empty_output(x, shape)
     if not runs_triton(x):
-        reference = F.conv2d(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation))
-        if residual is not None:
-            reference = reference + residual
-        return out.copy_(torch.relu(reference) if relu else reference)
+        reference = conv_bn_relu_ref(
+            x,
+            weight,
+            bias,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            residual=residual,
+            relu=relu,
+            dtype=None,
+        )
+        return out.copy_(reference)
 
     x = x.contiguous(memory_format=torch.channels_last)
     weight = weight.contiguous(memory_format=torch.channels_last)

@@ -1,7 +1,8 @@
-"""Pure-PyTorch references of featx's fused ops; tests and benchmarks compare against these.
+"""Pure-PyTorch references of featx's fused ops; tests and benchmarks compare against these,
+and the ops themselves compute with them on CPU when the Triton interpreter is off.
 
-They compute in float64 by default (``dtype=None``), the precision the tolerance policy measures
-errors against; pass a dtype to get PyTorch's own result at that precision.
+They compute in float64 by default, the precision the tolerance policy measures errors
+against; pass a dtype to get PyTorch's own result at that precision (None: the inputs' dtype).
 """
 
 from __future__ import annotations
