@@ -72,10 +72,17 @@ class GateResult:
         }
 
     def print(self, console: Console) -> None:
+        """One row per compared case; cases only in the baseline are counted, not listed."""
         table = Table(title=f"regression gate (threshold {self.threshold:.0%})")
         for column in ("case", "verdict", "old img/s", "new img/s", "new/old", "detail"):
-            table.add_column(column, justify="right" if "/" in column else "left")
+            table.add_column(
+                column, justify="right" if "/" in column else "left", no_wrap=column == "case"
+            )
+        baseline_only = 0
         for verdict in self.verdicts:
+            if verdict.verdict == "not-measured":
+                baseline_only += 1
+                continue
             table.add_row(
                 verdict.case,
                 f"[{VERDICT_STYLE[verdict.verdict]}]{verdict.verdict}[/]",
@@ -85,6 +92,8 @@ class GateResult:
                 verdict.detail,
             )
         console.print(table)
+        if baseline_only:
+            console.print(f"{baseline_only} case(s) of the baseline were not measured in this run")
         if self.passed:
             console.print("[green]regression gate passed[/]")
         else:

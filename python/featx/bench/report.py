@@ -128,13 +128,7 @@ def print_table(document: dict, console: Console) -> None:
             _times(row["speedup_vs_same_dtype"]),
             f"{parity['min_cosine']:.6f} / {parity['max_rel']:.1e}" if parity else "",
         )
-    wide = Console(
-        file=console.file,
-        width=max(console.width, TABLE_WIDTH),
-        force_terminal=console.is_terminal,
-        highlight=False,
-    )
-    wide.print(table)
+    wide_console(console).print(table)
     explained = {}
     for row in document["rows"]:
         text = row["reason"] or row["note"]
@@ -142,6 +136,16 @@ def print_table(document: dict, console: Console) -> None:
             explained.setdefault(f"{row['kind']} {row['backend']}: {text}", None)
     for line in explained:
         console.print(f"  {line}", soft_wrap=True)
+
+
+def wide_console(console: Console) -> Console:
+    """``console`` at least TABLE_WIDTH wide: result tables scroll rather than squash."""
+    return Console(
+        file=console.file,
+        width=max(console.width, TABLE_WIDTH),
+        force_terminal=console.is_terminal,
+        highlight=False,
+    )
 
 
 def _times(value: float | None) -> str:

@@ -28,7 +28,14 @@ from featx.bench.corpus import make_corpus
 from featx.bench.eager import eager_extract, pil_preprocess_pass
 from featx.bench.environment import environment
 from featx.bench.extraction import cpp_preprocess_pass, featx_extract_job
-from featx.bench.report import make_row, print_table, with_speedups, write_json, write_plot
+from featx.bench.report import (
+    make_row,
+    print_table,
+    wide_console,
+    with_speedups,
+    write_json,
+    write_plot,
+)
 from featx.bench.timing import measure
 from featx.errors import FeatxError
 from featx.models import get_extractor
@@ -311,7 +318,7 @@ def run_bench(
 
     print_table(document, console)
     if gate is not None:
-        gate.print(console)
+        gate.print(wide_console(console))
     if output is not None:
         write_json(document, Path(output))
         console.print(f"wrote {output}")
