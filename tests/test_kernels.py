@@ -4,11 +4,17 @@ On CPU the Triton kernels run under TRITON_INTERPRET=1 (set in conftest.py); the
 the same cases compiled on CUDA, bfloat16 included. Shapes are deliberately odd.
 """
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import featx.kernels._launch as launch
 from featx.kernels import attention, conv_bn_relu
+from featx.testing.gpu_compile import VARIANTS
 from featx.testing.references import attention_ref, conv_bn_relu_ref
 from featx.testing.tolerance import assert_within_tolerance
 
@@ -261,3 +267,23 @@ def test_custom_ops_pass_opcheck_on_cuda():
     )
     q, k, v, mask = _attention_inputs(ATTENTION_CASES["13x32-masked"], torch.float16, "cuda")
     torch.library.opcheck(torch.ops.featx.attention.default, (q, k, v, mask, None))
+
+
+def test_kernels_compile_for_hopper_without_a_gpu():
+    """The real compiler (to an sm_90 cubin with Triton's ptxas) on the conv tiles and attention
+    head dims that stress it most: what the interpreter above cannot check."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-m", "featx.testing.gpu_compile", "--arch", "90"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(rows) == len(VARIANTS)
+    for row in rows:
+        assert row["ok"], row
+        assert 0 < row["shared_bytes"] <= row["shared_limit"]
