@@ -40,7 +40,7 @@ bench-export: setup
 
 # Speed claims: one harness (`featx bench`). BENCH_OUT names the result by its device.
 BENCH_OUT ?= benchmarks/results/bench-cpu
-BENCH_ARGS ?= --model resnet18,resnet50 --batch-sizes 1,16 --repeats 5 --e2e-images 128 --e2e-repeats 2
+BENCH_ARGS ?= --model resnet18,resnet50,vgg16,vit_b_16 --batch-sizes 1,16 --repeats 5 --e2e-images 128 --e2e-repeats 2
 
 bench: setup
 	$(VENV)/bin/featx bench $(BENCH_ARGS) --output $(BENCH_OUT).json --plot $(BENCH_OUT).png
