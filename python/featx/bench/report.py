@@ -172,9 +172,8 @@ def write_plot(document: dict, path: Path) -> None:
     for row in document["rows"]:
         if row["status"] != "unavailable":
             groups.setdefault((row["kind"], row["model"], row["device"]), []).append(row)
-    figure, axes = pyplot.subplots(
-        len(groups), 1, figsize=(10, 3.2 * max(1, len(groups))), squeeze=False
-    )
+    height = 3.2 * max(1, len(groups))
+    figure, axes = pyplot.subplots(len(groups), 1, figsize=(10, height), squeeze=False)
     for axis, ((kind, model, device), rows) in zip(axes[:, 0], groups.items(), strict=True):
         backends = list(dict.fromkeys(f"{row['backend']}" for row in rows))
         batches = sorted({row["batch_size"] for row in rows})
@@ -187,7 +186,7 @@ def write_plot(document: dict, path: Path) -> None:
                     continue
                 axis.bar(x, row["images_per_s"], width, color=f"C{slot}")
                 axis.annotate(
-                    f"{row['images_per_s']:.0f}",
+                    f"{row['images_per_s']:.3g}",
                     (x, row["images_per_s"]),
                     ha="center",
                     va="bottom",
@@ -199,10 +198,17 @@ def write_plot(document: dict, path: Path) -> None:
         marker = " (red x: fails parity, not timed)" if failing else ""
         axis.set_title(f"{kind}: {model} on {device}{marker}", fontsize=10)
         handles = [pyplot.Rectangle((0, 0), 1, 1, color=f"C{i}") for i in range(len(batches))]
-        axis.legend(handles, [f"batch {b}" for b in batches], fontsize=7, loc="upper right")
+        axis.legend(
+            handles,
+            [f"batch {b}" for b in batches],
+            fontsize=7,
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+        )
     env = document["environment"]
     figure.suptitle(f"featx bench, {env.get('gpu', env['device'])}, commit {env.get('commit')}")
-    figure.tight_layout()
+    # Room above the first panel's title for the figure's own (half an inch).
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     pyplot.close(figure)
