@@ -5,11 +5,14 @@ from __future__ import annotations
 import functools
 
 from PIL import Image
-from sklearn.datasets import load_sample_images
 
 
 @functools.cache
 def _arrays() -> tuple:
+    # Imported here: scikit-learn costs ~0.8 s to import, and every featx command imports this
+    # module (through featx.parity) while only exports and a few tests read the photos.
+    from sklearn.datasets import load_sample_images
+
     return tuple(load_sample_images().images)
 
 
