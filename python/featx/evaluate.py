@@ -10,7 +10,6 @@ and after fine-tuning) are compared on exactly the same images:
 
 from __future__ import annotations
 
-import csv
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from featx.errors import FeatxError
+from featx.inputs import read_label_rows
 from featx.shards import read_features
 
 DEFAULT_K = 5
@@ -118,10 +118,10 @@ def evaluate(
         keep = np.arange(len(ids))
     else:
         row_labels, keep = _labels_from_csv(Path(labels), ids, errors)
-    classes = sorted({str(label) for label in row_labels})
+    classes = sorted(set(row_labels))
     scores = score_features(
         features[keep],
-        [str(label) for label in row_labels],
+        row_labels,
         k=k,
         test_fraction=test_fraction,
         seed=seed,
@@ -145,10 +145,7 @@ def _labels_from_csv(
     (relative paths) whose id ends with it; files extraction reported as errors are skipped."""
     if not path.is_file():
         raise FeatxError(f"--labels {path}: no such file (pass a CSV path,label or 'folder')")
-    with path.open(newline="") as stream:
-        rows = [r for r in csv.reader(stream) if r and not r[0].startswith("#")]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        rows = rows[1:]
+    rows = read_label_rows(path)
     if not rows or any(len(r) < 2 for r in rows):
         raise FeatxError(f"--labels {path}: expected rows of the form path,label")
     by_file = {str(Path(i).resolve()): n for n, i in enumerate(ids)}

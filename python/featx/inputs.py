@@ -10,6 +10,7 @@ file is taken as is, so whatever it names is accounted for, as an image or as an
 
 from __future__ import annotations
 
+import csv
 import glob
 import hashlib
 from pathlib import Path
@@ -20,6 +21,16 @@ IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 )
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
+
+
+def read_label_rows(path: Path) -> list[list[str]]:
+    """The rows of a ``path,label`` CSV: empty rows and rows starting with '#' skipped, and an
+    optional ``path,label`` header dropped. Shapes are left to the caller to check."""
+    with path.open(newline="") as stream:
+        rows = [row for row in csv.reader(stream) if row and not row[0].startswith("#")]
+    if rows and [cell.strip().lower() for cell in rows[0][:2]] == ["path", "label"]:
+        rows = rows[1:]
+    return rows
 
 
 def list_inputs(source: str | Path) -> list[str]:

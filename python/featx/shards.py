@@ -144,11 +144,19 @@ class ShardWriter:
 
     def verify(self, entry: dict[str, Any]) -> bool:
         """Whether a finished shard's files are all present and intact."""
-        for key, name in entry["files"].items():
-            path = self.out_dir / name
-            if not path.is_file() or sha256_bytes(path.read_bytes()) != entry["sha256"][key]:
-                return False
-        return True
+        return _damaged_file(self.out_dir, entry, {}) is None
+
+
+def _damaged_file(out_dir: Path, entry: dict[str, Any], payloads: dict[str, bytes]) -> Path | None:
+    """The first of a finished shard's files that is missing or does not match its checksum in
+    the manifest, or None; the intact contents read on the way land in ``payloads`` by key."""
+    for key, name in entry["files"].items():
+        path = out_dir / name
+        data = path.read_bytes() if path.is_file() else None
+        if data is None or sha256_bytes(data) != entry["sha256"][key]:
+            return path
+        payloads[key] = data
+    return None
 
 
 def _npy_bytes(features: np.ndarray) -> bytes:
@@ -200,16 +208,13 @@ def read_features(out_dir: str | Path) -> tuple[list[str], np.ndarray, list[dict
     errors: list[dict[str, str]] = []
     for index in sorted(manifest.shards):
         entry = manifest.shards[index]
-        payloads = {}
-        for key, name in entry["files"].items():
-            path = out / name
-            data = path.read_bytes() if path.is_file() else b""
-            if sha256_bytes(data) != entry["sha256"][key]:
-                raise FeatxError(
-                    f"{path} is missing or does not match its checksum in the manifest; rerun "
-                    "featx extract on this folder to repair it"
-                )
-            payloads[key] = data
+        payloads: dict[str, bytes] = {}
+        damaged = _damaged_file(out, entry, payloads)
+        if damaged is not None:
+            raise FeatxError(
+                f"{damaged} is missing or does not match its checksum in the manifest; rerun "
+                "featx extract on this folder to repair it"
+            )
         shard_ids, features = _decode_shard(payloads)
         ids.extend(shard_ids)
         blocks.append(features)

@@ -34,6 +34,8 @@ class LoadedModel:
     module: nn.Module
     extractor: Extractor
     source: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] | None = None
+    """Class names a featx checkpoint was trained on (None when it does not say)."""
 
     @property
     def arch(self) -> str:
@@ -137,7 +139,8 @@ def _load_featx_checkpoint(
     if state_dict is None:
         raise FeatxError(f"{path}: the checkpoint's 'state_dict' entry holds no tensors")
     module = _build_and_load(extractor, state_dict, meta.get("num_classes"), path)
-    return LoadedModel(module, extractor, {**source, "kind": "featx_checkpoint"})
+    classes = [str(c) for c in meta["classes"]] if meta.get("classes") else None
+    return LoadedModel(module, extractor, {**source, "kind": "featx_checkpoint"}, classes)
 
 
 def _build_and_load(

@@ -1,13 +1,13 @@
 """Training data: an ImageFolder-style directory or a CSV of ``path,label``, checked up front.
 
-Every image is decoded once before training starts; files that cannot be decoded are skipped
-and counted (never fatal) unless nothing usable remains. The train/val split is stratified and
-fixed by the seed, so a resumed run and a rerun see exactly the same split.
+Every image is decoded once before training starts, to find the files that cannot be decoded:
+they are skipped and counted (never fatal) unless nothing usable remains; the dataset decodes
+the usable ones again on access, so memory stays flat whatever the data's size. The train/val
+split is stratified and fixed by the seed, so a resumed run and a rerun see the same split.
 """
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from featx.errors import FeatxError, ImageDecodeError
-from featx.inputs import IMAGE_SUFFIXES
-from featx.preprocess import decode_rgb
+from featx.inputs import IMAGE_SUFFIXES, read_label_rows
+from featx.preprocess import decode_rgb, open_rgb
 
 MIN_VAL_PER_CLASS = 1
 
@@ -37,7 +37,6 @@ class TrainingData:
     samples: list[Sample]
     classes: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)
-    source: str = ""
 
     @property
     def labeled(self) -> bool:
@@ -83,13 +82,12 @@ def load_training_data(source: str | Path, *, labeled: bool = True) -> TrainingD
                 "per class) or a CSV with rows path,label"
             )
         candidates, classes = _read_csv(source)
+        if not labeled:
+            candidates, classes = [(p, None) for p, _ in candidates], []
     elif labeled:
         candidates, classes = _read_image_folder(source)
     else:
-        candidates = [(p, None) for p in _images_under(source)]
-        classes = []
-    if not labeled:
-        candidates, classes = [(p, None) for p, _ in candidates], []
+        candidates, classes = [(p, None) for p in _images_under(source)], []
     if not candidates:
         raise FeatxError(
             f"{source} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
@@ -108,7 +106,7 @@ def load_training_data(source: str | Path, *, labeled: bool = True) -> TrainingD
                 f"({', '.join(classes[i] for i in sorted(present))}); a classifier needs at "
                 "least two. For unlabeled data use --method simsiam (or distill with a teacher)."
             )
-    return TrainingData(samples, classes, skipped, str(source))
+    return TrainingData(samples, classes, skipped)
 
 
 def _images_under(folder: Path) -> list[Path]:
@@ -138,10 +136,7 @@ def _read_image_folder(folder: Path) -> tuple[list[tuple[Path, int]], list[str]]
 
 
 def _read_csv(path: Path) -> tuple[list[tuple[Path, int]], list[str]]:
-    with path.open(newline="") as stream:
-        rows = [row for row in csv.reader(stream) if row and not row[0].startswith("#")]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        rows = rows[1:]
+    rows = read_label_rows(path)
     bad = [i for i, row in enumerate(rows, 1) if len(row) < 2 or not row[1].strip()]
     if bad:
         raise FeatxError(f"{path}: row(s) {bad[:5]} do not have the form path,label")
@@ -185,5 +180,4 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[object, int]:
         sample = self.samples[index]
-        image = Image.fromarray(decode_rgb(sample.path))
-        return self.transform(image), -1 if sample.label is None else sample.label
+        return self.transform(open_rgb(sample.path)), -1 if sample.label is None else sample.label

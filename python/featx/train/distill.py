@@ -35,16 +35,9 @@ def load_teacher(path: str | Path) -> tuple[LoadedModel, int, list[str] | None]:
     except FeatxError as err:
         raise FeatxError(f"--teacher {path} cannot be loaded: {err}") from err
     head = head_name(teacher.module, teacher.arch)
-    classes = _teacher_classes(path)
     for parameter in teacher.module.parameters():
         parameter.requires_grad_(False)
-    return teacher, int(teacher.module.get_submodule(head).out_features), classes
-
-
-def _teacher_classes(path: Path) -> list[str] | None:
-    meta = torch.load(path, map_location="cpu", weights_only=True).get("featx") or {}
-    classes = meta.get("classes")
-    return [str(c) for c in classes] if classes else None
+    return teacher, int(teacher.module.get_submodule(head).out_features), teacher.classes
 
 
 class FeatureTap:
@@ -71,23 +64,32 @@ class FeatureTap:
         self.value = self.pool(output)
 
 
-def to_teacher_input(
-    images: torch.Tensor, student: Preprocess, teacher: Preprocess
-) -> torch.Tensor:
-    """Student-normalised images as the teacher expects them (size, mean, std)."""
-    if student == teacher:
-        return images
-    shape = (1, 3, 1, 1)
-    mean_s = torch.tensor(student.mean, device=images.device).view(shape)
-    std_s = torch.tensor(student.std, device=images.device).view(shape)
-    pixels = images * std_s + mean_s
-    if teacher.crop_size != images.shape[-1]:
-        pixels = F.interpolate(
-            pixels, size=teacher.crop_size, mode="bilinear", antialias=True, align_corners=False
-        )
-    mean_t = torch.tensor(teacher.mean, device=images.device).view(shape)
-    std_t = torch.tensor(teacher.std, device=images.device).view(shape)
-    return (pixels - mean_t) / std_t
+class TeacherInput(nn.Module):
+    """Student-normalised images as the teacher expects them (size, mean, std). The statistics
+    are non-persistent buffers: made once, moved with the objective, never saved."""
+
+    def __init__(self, student: Preprocess, teacher: Preprocess):
+        super().__init__()
+        self.identity = student == teacher
+        self.crop_size = teacher.crop_size
+        shape = (1, 3, 1, 1)
+        for name, values in (
+            ("student_mean", student.mean),
+            ("student_std", student.std),
+            ("teacher_mean", teacher.mean),
+            ("teacher_std", teacher.std),
+        ):
+            self.register_buffer(name, torch.tensor(values).view(shape), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.identity:
+            return images
+        pixels = images * self.student_std + self.student_mean
+        if self.crop_size != images.shape[-1]:
+            pixels = F.interpolate(
+                pixels, size=self.crop_size, mode="bilinear", antialias=True, align_corners=False
+            )
+        return (pixels - self.teacher_mean) / self.teacher_std
 
 
 class DistillObjective(nn.Module):
@@ -102,7 +104,7 @@ class DistillObjective(nn.Module):
         alpha: float,
         feature_weight: float,
         label_smoothing: float,
-        input_size: int,
+        labeled: bool,
     ):
         super().__init__()
         if temperature <= 0:
@@ -111,8 +113,8 @@ class DistillObjective(nn.Module):
             raise FeatxError(f"--alpha must be within [0, 1], got {alpha}")
         self.model = student
         self.teacher = teacher.module.eval()
-        self.student_preprocess = student_preprocess
-        self.teacher_preprocess = teacher.extractor.preprocess
+        self.teacher_input = TeacherInput(student_preprocess, teacher.extractor.preprocess)
+        self.labeled = labeled
         self.temperature = temperature
         self.alpha = alpha
         self.feature_weight = feature_weight
@@ -123,7 +125,7 @@ class DistillObjective(nn.Module):
             self.teacher_tap = FeatureTap(
                 self.teacher, teacher.extractor.layer, teacher.extractor.pool
             )
-            student_dim, teacher_dim = self._feature_dims(input_size)
+            student_dim, teacher_dim = self._feature_dims(student_preprocess.crop_size)
             if student_dim != teacher_dim:
                 self.projection = nn.Linear(student_dim, teacher_dim)
 
@@ -133,7 +135,7 @@ class DistillObjective(nn.Module):
         self.model.eval()
         with torch.no_grad():
             self.model(probe)
-            self.teacher(to_teacher_input(probe, self.student_preprocess, self.teacher_preprocess))
+            self.teacher(self.teacher_input(probe))
         self.model.train(was_training)
         return self.student_tap.value.shape[1], self.teacher_tap.value.shape[1]
 
@@ -146,9 +148,7 @@ class DistillObjective(nn.Module):
         self, images: torch.Tensor, labels: torch.Tensor, smoothing: float
     ) -> tuple[torch.Tensor, int]:
         with torch.no_grad():
-            teacher_logits = self.teacher(
-                to_teacher_input(images, self.student_preprocess, self.teacher_preprocess)
-            )
+            teacher_logits = self.teacher(self.teacher_input(images))
         logits = self.model(images)
         t = self.temperature
         soft = F.kl_div(
@@ -157,8 +157,7 @@ class DistillObjective(nn.Module):
             reduction="batchmean",
             log_target=True,
         ) * (t * t)
-        labeled = bool((labels >= 0).all())
-        if labeled:
+        if self.labeled:
             hard = F.cross_entropy(logits, labels, label_smoothing=smoothing)
             loss = self.alpha * soft + (1 - self.alpha) * hard
             target = labels

@@ -207,7 +207,7 @@ def train(
                 alpha=alpha,
                 feature_weight=feature_weight,
                 label_smoothing=label_smoothing,
-                input_size=preprocess.crop_size,
+                labeled=dataset.labeled,
             )
         transforms = (train_transform(preprocess, augment), eval_transform(preprocess))
 
@@ -257,9 +257,11 @@ def train(
     state_path = output.with_name(output.name + ".state")
     curves_path = output.with_name(output.stem + ".curves.png")
 
+    # A CPU copy, made once before training moves the model, holds the weights to save, so
+    # the model in training is never touched.
+    snapshot = copy.deepcopy(model).to("cpu")
+
     def save_model(state: dict[str, torch.Tensor], result: LoopResult) -> None:
-        # A CPU copy holds the weights to save, so the model in training is never touched.
-        snapshot = copy.deepcopy(model).to("cpu")
         snapshot.load_state_dict(state)
         save_checkpoint(
             output,
@@ -299,7 +301,9 @@ def train(
             f"interrupted; the last finished epoch is saved in {state_path}: rerun the same "
             "command with --resume to continue"
         ) from err
-    save_model(_best_or_current(result, model), result)
+    if len(result.history) == result.resumed_from_epoch:
+        # Every epoch was done before this resume: after_epoch never ran to write the model.
+        save_model(_best_or_current(result, model), result)
     write_curves(curves_path, result.history, f"{method} {arch}")
     state_path.unlink(missing_ok=True)
     return TrainResult(

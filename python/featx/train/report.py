@@ -14,9 +14,6 @@ from featx.files import write_atomic
 
 def write_curves(path: Path, history: list[dict[str, float]], title: str) -> Path:
     """Loss (left) and accuracy (right, when the run has one) per epoch, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     epochs = [row["epoch"] for row in history]
