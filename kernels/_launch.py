@@ -9,6 +9,7 @@ Triton decides interpretation when a kernel is decorated, so the flag is read on
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 
@@ -21,6 +22,17 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def runs_triton(tensor: torch.Tensor) -> bool:
     """Whether the Triton kernel (compiled or interpreted) handles a tensor on this device."""
     return tensor.is_cuda or (INTERPRET and tensor.device.type == "cpu")
+
+
+def dot_precision(dtype: torch.dtype | str) -> str:
+    """tl.dot's precision: full fp32 products for fp32 inputs (TF32's 10-bit mantissa would miss
+    the fp32 tolerance); fp16/bf16 inputs multiply exactly either way."""
+    return "ieee" if dtype in (torch.float32, "float32") else "tf32"
+
+
+def on_device(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Launches on ``tensor``'s GPU (Triton launches on the current device)."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def check_tensor(op: str, name: str, tensor: torch.Tensor, dims: int) -> None:

@@ -8,7 +8,6 @@ padded keys (key_padding_mask True, or beyond L) get a score of -inf.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -16,7 +15,14 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from featx.kernels._launch import INTERPRET, check_same, check_tensor, runs_triton
+from featx.kernels._launch import (
+    INTERPRET,
+    check_same,
+    check_tensor,
+    dot_precision,
+    on_device,
+    runs_triton,
+)
 
 OP = "attention"
 MAX_HEAD_DIM = 256
@@ -183,12 +189,18 @@ def _check(
             )
 
 
-def attention_fwd(
+def head_block(head_dim: int) -> int:
+    """The kernel's head-dim tile: the next power of two, at least 16 (tl.dot's minimum)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+@torch.library.custom_op("featx::attention", mutates_args=())
+def _attention_op(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-    scale: float | None,
+    key_padding_mask: torch.Tensor | None = None,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Checks the inputs, allocates the output and launches the kernel (or, on CPU without the
     Triton interpreter, computes the same thing with PyTorch's scaled_dot_product_attention)."""
@@ -202,12 +214,12 @@ def attention_fwd(
 
     mask = key_padding_mask.view(torch.uint8) if key_padding_mask is not None else out
     mask_strides = mask.stride()[:2] if key_padding_mask is not None else (0, 0)
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_d = head_block(head_dim)
 
     def grid(meta: dict) -> tuple[int, int]:
         return (triton.cdiv(length, meta["BLOCK_M"]), batch * heads)
 
-    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+    with on_device(q):
         _attention_kernel[grid](
             q,
             k,
@@ -225,21 +237,10 @@ def attention_fwd(
             *mask_strides,
             *out.stride(),
             HAS_MASK=key_padding_mask is not None,
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            DOT_PRECISION=dot_precision(q.dtype),
             BLOCK_D=block_d,
         )
     return out
-
-
-@torch.library.custom_op("featx::attention", mutates_args=())
-def _attention_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor | None = None,
-    scale: float | None = None,
-) -> torch.Tensor:
-    return attention_fwd(q, k, v, key_padding_mask, scale)
 
 
 @_attention_op.register_fake

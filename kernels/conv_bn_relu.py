@@ -9,14 +9,21 @@ the optional residual and applies the optional ReLU before one store in the inpu
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
 
-from featx.kernels._launch import INTERPRET, check_same, check_tensor, pair, runs_triton
+from featx.kernels._launch import (
+    INTERPRET,
+    check_same,
+    check_tensor,
+    dot_precision,
+    on_device,
+    pair,
+    runs_triton,
+)
 from featx.testing.references import conv_bn_relu_ref
 
 OP = "conv_bn_relu"
@@ -253,7 +260,8 @@ def _empty_output(x: torch.Tensor, shape: tuple[int, int, int, int]) -> torch.Te
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
 
-def conv_bn_relu_fwd(
+@torch.library.custom_op("featx::conv_bn_relu", mutates_args=())
+def _conv_bn_relu_op(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor,
@@ -266,9 +274,10 @@ def conv_bn_relu_fwd(
     """Checks the inputs, allocates the channels_last output and launches the kernel (or, on CPU
     without the Triton interpreter, computes the same thing with PyTorch ops)."""
     shape = _checked_shape(x, weight, bias, stride, padding, dilation, residual)
-    out = _empty_output(x, shape)
     if not runs_triton(x):
-        reference = conv_bn_relu_ref(
+        # PyTorch's CPU conv keeps a channels_last input's layout, so from the second fused
+        # conv on this is no copy.
+        return conv_bn_relu_ref(
             x,
             weight,
             bias,
@@ -278,9 +287,9 @@ def conv_bn_relu_fwd(
             residual=residual,
             relu=relu,
             dtype=None,
-        )
-        return out.copy_(reference)
+        ).contiguous(memory_format=torch.channels_last)
 
+    out = _empty_output(x, shape)
     x = x.contiguous(memory_format=torch.channels_last)
     weight = weight.contiguous(memory_format=torch.channels_last)
     bias = bias.contiguous()
@@ -292,7 +301,7 @@ def conv_bn_relu_fwd(
     def grid(meta: dict) -> tuple[int]:
         return (triton.cdiv(pixels, meta["BLOCK_M"]) * triton.cdiv(out_channels, meta["BLOCK_N"]),)
 
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+    with on_device(x):
         _conv_bn_relu_kernel[grid](
             x,
             weight,
@@ -317,23 +326,9 @@ def conv_bn_relu_fwd(
             S=kernel_w,
             HAS_RESIDUAL=residual is not None,
             RELU=relu,
-            DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+            DOT_PRECISION=dot_precision(x.dtype),
         )
     return out
-
-
-@torch.library.custom_op("featx::conv_bn_relu", mutates_args=())
-def _conv_bn_relu_op(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-    residual: torch.Tensor | None,
-    relu: bool,
-) -> torch.Tensor:
-    return conv_bn_relu_fwd(x, weight, bias, stride, padding, dilation, residual, relu)
 
 
 @_conv_bn_relu_op.register_fake

@@ -282,7 +282,8 @@ def _run_exporter(
     ):
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
-            # Imported here: onnxscript costs ~0.7 s at import, and only fused exports need it.
+            # Imported here, not at module level: onnxscript costs ~0.7 s to import, and only
+            # the dynamo exporter uses the translations.
             from featx.onnx_translations import custom_translation_table
 
             batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)

@@ -277,7 +277,6 @@ def _fuse_conv(
     last.replace_all_uses_with(fused)
     for stale in reversed(chain):
         graph_module.graph.erase_node(stale)
-    modules[name] = graph_module.get_submodule(name)
     report.fused[pattern] += 1
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from featx.errors import FeatxError
-from featx.metadata import read_metadata
+from featx.metadata import Preprocess, read_metadata
 from featx.ort_config import cpu_optimization_level
 from featx.preprocess import spec_dict
 from featx.runtime import native
@@ -32,11 +32,7 @@ class Runner:
         threads: int = 0,
         spinning: bool = True,
     ):
-        path = Path(model)
-        if not path.is_file():
-            raise FeatxError(f"no such model file: {path}")
-        if device not in DEVICES:
-            raise FeatxError(f"unknown device {device!r}; choose {' or '.join(DEVICES)}")
+        path = checked_model_path(model, device)
         self.metadata = read_metadata(path)
         level = cpu_optimization_level(self.metadata.dtype) if device == "cpu" else "all"
         try:
@@ -75,5 +71,29 @@ class Runner:
         ``tensor`` is valid until the next call. Rows whose status is "fallback" are filled with
         ``pipeline.fill_rgb(row, rgb)``.
         """
-        spec = spec_dict(self.metadata.preprocess, output=self.metadata.io_dtype)
-        return native().BatchPipeline(paths, batch_ends, spec, workers, prefetch)
+        return batch_pipeline(
+            self.metadata.preprocess, self.metadata.io_dtype, paths, batch_ends, workers, prefetch
+        )
+
+
+def checked_model_path(model: str | Path, device: str) -> Path:
+    """``model`` as a Path, once it names a file and ``device`` is one featx runs on."""
+    path = Path(model)
+    if not path.is_file():
+        raise FeatxError(f"no such model file: {path}")
+    if device not in DEVICES:
+        raise FeatxError(f"unknown device {device!r}; choose {' or '.join(DEVICES)}")
+    return path
+
+
+def batch_pipeline(
+    preprocess: Preprocess,
+    output: str,
+    paths: list[str],
+    batch_ends: list[int],
+    workers: int,
+    prefetch: int,
+) -> object:
+    """The C++ decode/preprocess pipeline producing ``output``-typed batches for ``preprocess``."""
+    spec = spec_dict(preprocess, output=output)
+    return native().BatchPipeline(paths, batch_ends, spec, workers, prefetch)

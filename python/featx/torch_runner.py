@@ -15,13 +15,10 @@ import torch
 
 from featx.errors import FeatxError
 from featx.features import build_feature_model
-from featx.fuse import FuseReport, fuse
+from featx.fuse import fuse
 from featx.metadata import Preprocess
 from featx.models.checkpoint import load_model
-from featx.preprocess import spec_dict
-from featx.runtime import native
-
-DEVICES = ("cpu", "cuda")
+from featx.runner import batch_pipeline, checked_model_path
 
 
 class TorchRunner:
@@ -35,13 +32,8 @@ class TorchRunner:
         device: str = "cpu",
         fuse_kernels: bool = False,
         threads: int = 0,
-        trust_pickle: bool = False,
     ):
-        path = Path(model)
-        if not path.is_file():
-            raise FeatxError(f"no such model file: {path}")
-        if device not in DEVICES:
-            raise FeatxError(f"unknown device {device!r}; choose {' or '.join(DEVICES)}")
+        path = checked_model_path(model, device)
         if device == "cuda" and not torch.cuda.is_available():
             raise FeatxError(
                 "--device cuda: PyTorch sees no CUDA GPU here; use --device cpu or a CUDA build "
@@ -49,7 +41,7 @@ class TorchRunner:
             )
         if threads > 0:
             torch.set_num_threads(threads)
-        loaded = load_model(path, arch=arch, trust_pickle=trust_pickle)
+        loaded = load_model(path, arch=arch)
         extractor = loaded.extractor
         self.preprocess: Preprocess = extractor.preprocess
         feature_model, layout = build_feature_model(
@@ -59,24 +51,21 @@ class TorchRunner:
             normalize=False,
             input_size=self.preprocess.crop_size,
         )
-        self.fuse_report: FuseReport | None = None
         if fuse_kernels:
             feature_model = fuse(feature_model)
-            self.fuse_report = feature_model.fuse_report
         self.dtype = torch.float16 if device == "cuda" else torch.float32
         self.device = torch.device(device)
+        self.memory_format = torch.channels_last if device == "cuda" else torch.preserve_format
         self.model = feature_model.eval().to(self.device, self.dtype)
-        if device == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = self.model.to(memory_format=self.memory_format)
         self.arch = loaded.arch
         self.embedding_dim = layout.embedding_dim
-        self.path = path
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """(batch, 3, H, W) float32 images -> (batch, D) float32 embeddings."""
-        batch = torch.from_numpy(images).to(self.device, self.dtype)
-        if self.device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = torch.from_numpy(images).to(
+            self.device, self.dtype, memory_format=self.memory_format
+        )
         with torch.inference_mode():
             return self.model(batch).float().cpu().numpy()
 
@@ -84,5 +73,4 @@ class TorchRunner:
         self, paths: list[str], batch_ends: list[int], workers: int, prefetch: int
     ) -> object:
         """The C++ decode/preprocess pipeline, configured by the checkpoint's preprocessing."""
-        spec = spec_dict(self.preprocess, output="float32")
-        return native().BatchPipeline(paths, batch_ends, spec, workers, prefetch)
+        return batch_pipeline(self.preprocess, "float32", paths, batch_ends, workers, prefetch)

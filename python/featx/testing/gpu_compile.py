@@ -19,6 +19,10 @@ import sys
 import time
 from dataclasses import dataclass
 
+from featx.kernels._launch import INTERPRET, dot_precision
+from featx.kernels.attention import _attention_kernel, head_block
+from featx.kernels.conv_bn_relu import _conv_bn_relu_kernel
+
 TRITON_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 SHARED_MEMORY_BYTES = {80: 163 * 1024, 90: 227 * 1024}
 """Largest dynamic shared memory per block (A100 sm_80, H100/H200 sm_90)."""
@@ -50,7 +54,7 @@ def _conv(dtype: str, kernel: int, residual: bool, tile: tuple[int, ...]) -> Var
             "S": kernel,
             "HAS_RESIDUAL": residual,
             "RELU": True,
-            "DOT_PRECISION": "ieee" if dtype == "float32" else "tf32",
+            "DOT_PRECISION": dot_precision(dtype),
         },
         {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8},
         warps,
@@ -65,8 +69,8 @@ def _attention(dtype: str, head_dim: int, mask: bool, tile: tuple[int, ...]) -> 
         dtype,
         {
             "HAS_MASK": mask,
-            "DOT_PRECISION": "ieee" if dtype == "float32" else "tf32",
-            "BLOCK_D": max(16, 1 << (head_dim - 1).bit_length()),
+            "DOT_PRECISION": dot_precision(dtype),
+            "BLOCK_D": head_block(head_dim),
         },
         {"BLOCK_M": block_m, "BLOCK_N": block_n},
         warps,
@@ -87,12 +91,10 @@ VARIANTS = (
 )
 
 
-def _kernel(op: str):
-    import featx.kernels  # noqa: F401 - defines the kernel modules
-
-    module = sys.modules[f"featx.kernels.{op}"]
-    autotuned = module._conv_bn_relu_kernel if op == "conv_bn_relu" else module._attention_kernel
-    return autotuned.fn
+def _kernel(op: str) -> object:
+    """The op's triton.JITFunction (under its autotuner)."""
+    kernels = {"conv_bn_relu": _conv_bn_relu_kernel, "attention": _attention_kernel}
+    return kernels[op].fn
 
 
 def compile_variant(variant: Variant, arch: int) -> dict:
@@ -141,8 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, choices=sorted(SHARED_MEMORY_BYTES), default=90)
     args = parser.parse_args(argv)
-    from featx.kernels._launch import INTERPRET
-
     if INTERPRET:
         print("unset TRITON_INTERPRET: the interpreter replaces the compiler", file=sys.stderr)
         return 2
