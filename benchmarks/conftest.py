@@ -10,7 +10,6 @@ The default test run (testpaths = tests) never collects this folder.
 
 import pytest
 
-from featx.bench.cases import build_cases
 from featx.bench.run import Bench, BenchSettings
 
 DEFAULTS = BenchSettings()
@@ -40,12 +39,7 @@ def _settings(config) -> BenchSettings:
 def pytest_generate_tests(metafunc):
     if "case" in metafunc.fixturenames:
         settings = _settings(metafunc.config)
-        cases = build_cases(
-            list(settings.models),
-            list(settings.backends),
-            list(settings.batch_sizes),
-            settings.device,
-        )
+        cases = settings.cases()
         metafunc.parametrize("case", cases, ids=[case.id for case in cases])
 
 

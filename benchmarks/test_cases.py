@@ -10,6 +10,8 @@ def test_case(benchmark, bench, case):
     try:
         work = bench.prepare(case)
     except Unavailable as err:
+        # The machine lacks what the case needs (a GPU, a CUDA provider): `featx bench` lists
+        # it as an unavailable row; pytest lists it as a skip with the same reason (-ra).
         pytest.skip(f"{case.backend} unavailable: {err}")
     parity = bench.parity(case, work)
     if parity is not None and not parity["passed"]:

@@ -81,7 +81,7 @@ def _fold_graph_nodes(graph_module: fx.GraphModule, report: FoldReport) -> None:
             report.skipped.append(f"{node.target}: {reason}")
             continue
         producer = node.args[0]
-        fused = _folded_layer(modules[producer.target], module)
+        fused = folded_layer(modules[producer.target], module)
         _replace_submodule(graph_module, producer.target, fused)
         modules[producer.target] = fused
         node.replace_all_uses_with(producer)
@@ -111,7 +111,7 @@ def _fold_inside_sequentials(root: nn.Module, report: FoldReport) -> None:
             if uses[id(layer)] != 1:
                 report.skipped.append(f"{where}: its layer is shared (used more than once)")
                 continue
-            setattr(sequential, layer_key, _folded_layer(layer, bn))
+            setattr(sequential, layer_key, folded_layer(layer, bn))
             setattr(sequential, bn_key, nn.Identity())
             report.folded.append((f"{name}.{layer_key}" if name else layer_key, where))
         for key, child in children:
@@ -154,7 +154,7 @@ def _unfoldable(
     return None
 
 
-def _folded_layer(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+def folded_layer(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     """A copy of ``layer`` whose weights and bias include ``bn``."""
     fused = copy.deepcopy(layer)
     bias = layer.bias.detach() if layer.bias is not None else None

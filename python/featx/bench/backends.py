@@ -30,7 +30,6 @@ from featx.ort_config import cpu_session
 from featx.runner import Runner
 from featx.testing.models import randomize_batchnorm
 
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 INPUT_SEED = 0
 
 
@@ -137,12 +136,18 @@ def prepared(backend: str, assets: ModelAssets, batch_size: int, device: str) ->
     )
 
 
-def _torch_runner(model: nn.Module, images: torch.Tensor) -> Callable[[], torch.Tensor]:
-    def run() -> torch.Tensor:
-        with torch.inference_mode():
-            return model(images)
+def under_inference_mode(run: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """``run`` as the timed work: each call under torch.inference_mode."""
 
-    return run
+    def inference() -> torch.Tensor:
+        with torch.inference_mode():
+            return run()
+
+    return inference
+
+
+def _torch_runner(model: nn.Module, images: torch.Tensor) -> Callable[[], torch.Tensor]:
+    return under_inference_mode(lambda: model(images))
 
 
 def _eager(assets: ModelAssets, images: torch.Tensor, device: str):
@@ -165,7 +170,7 @@ def _eager_half(assets: ModelAssets, images: torch.Tensor, device: str, dtype: t
         raise Unavailable(f"eager {dtype} + channels_last is a GPU path; run with --device cuda")
     model = copy.deepcopy(assets.feature_model).to(device, dtype)
     model = model.to(memory_format=torch.channels_last)
-    staged = images.to(device, dtype).contiguous(memory_format=torch.channels_last)
+    staged = images.to(device, dtype, memory_format=torch.channels_last)
     return _torch_runner(model, staged), True, "channels_last"
 
 
@@ -190,7 +195,7 @@ def _fused(assets: ModelAssets, images: torch.Tensor, device: str):
     # fp16 NHWC: the dtype and layout the kernels are written for (issue 4's whole-model goal).
     model = copy.deepcopy(assets.feature_model).to(device, torch.float16)
     model = fuse(model.to(memory_format=torch.channels_last))
-    staged = images.to(device, torch.float16).contiguous(memory_format=torch.channels_last)
+    staged = images.to(device, torch.float16, memory_format=torch.channels_last)
     return _torch_runner(model, staged), True, "fp16, channels_last"
 
 
@@ -220,6 +225,9 @@ def _runner(assets: ModelAssets, images: torch.Tensor, device: str):
     try:
         runner = Runner(assets.onnx_path, device=device)
     except FeatxError as err:
+        if device != "cuda":
+            raise
+        # On CUDA the failure is the machine's (no CUDA provider in this onnxruntime).
         raise Unavailable(str(err)) from err
-    feed = np.ascontiguousarray(images.numpy().astype(runner.input_dtype))
+    feed = images.numpy().astype(runner.input_dtype)
     return (lambda: runner.run(feed)), False, f"featx.Runner, {runner.provider}"

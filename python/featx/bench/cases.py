@@ -16,6 +16,7 @@ a case's id is stable across runs, which is what the regression gate matches on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 MODEL_BACKENDS = (
@@ -33,8 +34,10 @@ PREPROCESS_BACKENDS = ("pil", "cpp")
 CONV_BACKENDS = ("eager-channels_last", "eager-nchw", "compile", "featx")
 ATTENTION_BACKENDS = ("sdpa", "unfused", "featx")
 KERNEL_DTYPE = "float16"
-ATTENTION_CASE = "vit_b_16 H12 L197 D64"
-"""The ``model`` of the attention rows: ViT-B/16's heads, tokens and head dim."""
+ATTENTION_SHAPE = {"heads": 12, "length": 197, "head_dim": 64}
+"""ViT-B/16's attention: heads, tokens (196 patches + class token) and head dim."""
+ATTENTION_CASE = "vit_b_16 H{heads} L{length} D{head_dim}".format(**ATTENTION_SHAPE)
+"""The ``model`` of the attention rows."""
 GROUP_BACKENDS = {
     "extract-e2e": E2E_BACKENDS,
     "preprocess": PREPROCESS_BACKENDS,
@@ -101,7 +104,7 @@ def backend_dtype(backend: str) -> str:
 
 
 def build_cases(
-    models: list[str], backends: list[str], batch_sizes: list[int], device: str
+    models: Sequence[str], backends: Sequence[str], batch_sizes: Sequence[int], device: str
 ) -> list[Case]:
     """Every case of the run, references first within each group (their figures are needed
     for the speedups and parity of the rest), in a stable order."""

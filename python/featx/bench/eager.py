@@ -33,10 +33,6 @@ class EagerResult:
     images: int
     seconds: float
 
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.seconds
-
 
 class ImageFiles(Dataset):
     """Image files -> preprocessed tensors, decoded with PIL in the DataLoader's workers."""
@@ -61,14 +57,12 @@ def eager_extract(
     out_file: str | Path,
     batch_size: int = 32,
     workers: int = 2,
-    threads: int | None = None,
     device: str = "cpu",
     warmup: bool = True,
 ) -> EagerResult:
     """Extracts features of ``paths`` with ``model`` (images -> (B, D)) into ``out_file``.
 
-    ``workers`` DataLoader processes decode and preprocess (0: the main process does);
-    ``threads`` sets torch's intra-op threads for the model (None: torch's default); ``device``
+    ``workers`` DataLoader processes decode and preprocess (0: the main process does); ``device``
     is where the model runs (batches are copied there as a user's loop copies them).
     With ``warmup`` the model first runs one untimed batch of zeros (callers timing the whole call
     after a warm run pass False); the timed span runs from starting the DataLoader (its worker
@@ -80,7 +74,7 @@ def eager_extract(
         batch_size=batch_size,
         num_workers=workers,
     )
-    with _torch_threads(threads), torch.inference_mode():
+    with torch.inference_mode():
         if warmup:
             model(torch.zeros(batch_size, *preprocess.input_shape, device=device))
         start = time.perf_counter()
@@ -92,25 +86,24 @@ def eager_extract(
 
 def pil_preprocess_pass(
     paths: Sequence[str | Path], preprocess: Preprocess
-) -> Callable[[], np.ndarray]:
+) -> Callable[[], list[np.ndarray]]:
     """One pass of PIL decode + the torchvision eval transform over ``paths``, one image at a time
     on one core (the counterpart of featx.bench.extraction.cpp_preprocess_pass); each call
-    returns the stacked tensors."""
+    returns the tensors."""
     transform = reference_transform(preprocess)
 
-    def run() -> np.ndarray:
+    def run() -> list[np.ndarray]:
         with _torch_threads(1):
-            return np.stack([transform(open_rgb(path)).numpy() for path in paths])
+            return [transform(open_rgb(path)).numpy() for path in paths]
 
     return run
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """Sets torch's intra-op thread count for the block (None: leaves it), then restores it."""
+def _torch_threads(threads: int) -> Iterator[None]:
+    """Sets torch's intra-op thread count for the block, then restores it."""
     previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:

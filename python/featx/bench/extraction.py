@@ -6,7 +6,6 @@ Each mirrors a baseline in featx.bench.eager, so the two can be set side by side
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,27 +16,25 @@ from featx.extract import extract
 from featx.metadata import Preprocess
 from featx.preprocess import spec_dict
 from featx.runtime import native
-from featx.shards import MANIFEST
 
 
 def cpp_preprocess_pass(
     paths: Sequence[str | Path], preprocess: Preprocess
-) -> Callable[[], np.ndarray]:
+) -> Callable[[], list[np.ndarray]]:
     """One pass of the C++ decode + preprocess over ``paths``, one image at a time on the calling
-    thread (the counterpart of eager.pil_preprocess_pass); each call returns the stacked
-    tensors."""
+    thread (the counterpart of eager.pil_preprocess_pass); each call returns the tensors."""
     files = [str(path) for path in paths]
     spec = spec_dict(preprocess)
     runner = native()
 
-    def run() -> np.ndarray:
+    def run() -> list[np.ndarray]:
         tensors = []
         for path in files:
             status, message, tensor = runner.preprocess_file(path, spec)
             if status != "ok":
                 raise ValueError(f"{path}: {status}: {message}")
             tensors.append(tensor)
-        return np.stack(tensors)
+        return tensors
 
     return run
 
@@ -48,13 +45,13 @@ def featx_extract_job(
     out_dir: str | Path,
     batch_size: int,
     device: str = "cpu",
-) -> Callable[[], np.ndarray]:
+) -> Callable[[], None]:
     """A whole `featx extract` job (decode to saved shards) into a fresh ``out_dir``, session
-    creation included as users pay it; each call returns the extracted features in input order."""
+    creation included as users pay it (featx.shards.read_features reads the result)."""
     out_dir = Path(out_dir)
     files = [str(path) for path in paths]
 
-    def run() -> np.ndarray:
+    def run() -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
         summary = extract(
             onnx_path, files, out_dir, batch_size=batch_size, device=device, progress=False
@@ -63,14 +60,5 @@ def featx_extract_job(
             raise ValueError(
                 f"{summary.errors} benchmark images failed; see {out_dir}/errors.jsonl"
             )
-        return read_features(out_dir)
 
     return run
-
-
-def read_features(out_dir: Path) -> np.ndarray:
-    """The npy shards of a finished extraction, concatenated in manifest order."""
-    manifest = json.loads((out_dir / MANIFEST).read_text())
-    return np.concatenate(
-        [np.load(out_dir / shard["files"]["features"]) for shard in manifest["shards"]]
-    )

@@ -28,16 +28,16 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from featx.bench.backends import Prepared, Unavailable, features_of
-from featx.fold import folded_weights
+from featx.bench import cases
+from featx.bench.backends import Prepared, Unavailable, features_of, under_inference_mode
+from featx.fold import folded_layer
 from featx.fuse import FusedConv2d, fuse
 from featx.kernels import attention
 from featx.testing.models import randomize_batchnorm
+from featx.testing.references import attention_ref
 
-CONV_MODEL = "resnet50"
 IMAGE_SIZE = 224
-KERNEL_DTYPE = torch.float16
-VIT_B_ATTENTION = {"heads": 12, "length": 197, "head_dim": 64}
+KERNEL_DTYPE = getattr(torch, cases.KERNEL_DTYPE)
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,8 @@ def _timed_once(
     run: Callable[[], torch.Tensor], batch: int, flops: int, started: float, note: str
 ) -> Prepared:
     """Runs the op once untimed (compiles, autotunes) and wraps it for the harness."""
-    with torch.inference_mode():
-        features = features_of(run()).reshape(batch, -1)
+    run = under_inference_mode(run)
+    features = features_of(run()).reshape(batch, -1)
     return Prepared(
         run=run,
         images_per_run=batch,
@@ -158,11 +158,11 @@ def prepare_conv(backend: str, label: str, batch: int, device: str) -> Prepared:
     shape = resnet50_conv_blocks()[label]
     torch.manual_seed(0)
     block = randomize_batchnorm(EagerConvBlock(shape)).eval().to(target, KERNEL_DTYPE)
-    x = torch.randn(batch, shape.channels, shape.height, shape.width, device=target)
+    on_target = {"device": target, "dtype": KERNEL_DTYPE}
+    x = torch.randn(batch, shape.channels, shape.height, shape.width, **on_target)
     residual = None
     if shape.residual:
-        residual = torch.randn(batch, shape.out_channels, *shape.output_size(), device=target)
-    x, residual = (t.to(KERNEL_DTYPE) if t is not None else None for t in (x, residual))
+        residual = torch.randn(batch, shape.out_channels, *shape.output_size(), **on_target)
     last = torch.channels_last
     x_last = x.contiguous(memory_format=last)
     residual_last = residual.contiguous(memory_format=last) if residual is not None else None
@@ -175,51 +175,30 @@ def prepare_conv(backend: str, label: str, batch: int, device: str) -> Prepared:
         compiled = torch.compile(copy.deepcopy(block).to(memory_format=last))
         run, note = (lambda: compiled(x_last, residual_last)), "inductor, channels_last"
     elif backend == "featx":
-        fused = FusedConv2d(_folded_conv(block), shape.relu).to(target)
+        fused = FusedConv2d(folded_layer(block.conv, block.bn), shape.relu).to(target)
         run, note = (lambda: fused(x_last, residual_last)), "featx::conv_bn_relu, NHWC, BN folded"
     else:
         raise ValueError(f"unknown conv backend {backend!r}")
-    return _timed_once(_inference(run), batch, shape.flops(batch), started, note)
-
-
-def _folded_conv(block: EagerConvBlock) -> nn.Conv2d:
-    conv = copy.deepcopy(block.conv)
-    weight, bias = folded_weights(block.conv.weight.detach(), None, block.bn)
-    conv.weight = nn.Parameter(weight, requires_grad=False)
-    conv.bias = nn.Parameter(bias, requires_grad=False)
-    return conv
+    return _timed_once(run, batch, shape.flops(batch), started, note)
 
 
 def prepare_attention(backend: str, batch: int, device: str) -> Prepared:
     """ViT-B/16's attention at ``batch`` through ``backend``, float16."""
     started = time.perf_counter()
     target = _require_cuda(device)
-    heads, length, head_dim = (VIT_B_ATTENTION[k] for k in ("heads", "length", "head_dim"))
+    heads, length, head_dim = (cases.ATTENTION_SHAPE[k] for k in ("heads", "length", "head_dim"))
     torch.manual_seed(0)
     q, k, v = (
         torch.randn(batch, heads, length, head_dim, device=target, dtype=KERNEL_DTYPE)
         for _ in "qkv"
     )
-    scale = head_dim**-0.5
-
-    def unfused() -> torch.Tensor:
-        return torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1) @ v
-
     runs = {
         "sdpa": (lambda: F.scaled_dot_product_attention(q, k, v), "F.scaled_dot_product_attention"),
-        "unfused": (unfused, "matmul -> softmax -> matmul"),
+        "unfused": (lambda: attention_ref(q, k, v, dtype=None), "matmul -> softmax -> matmul"),
         "featx": (lambda: attention(q, k, v), "featx::attention, online softmax"),
     }
     if backend not in runs:
         raise ValueError(f"unknown attention backend {backend!r}")
     run, note = runs[backend]
     flops = 4 * batch * heads * length * length * head_dim
-    return _timed_once(_inference(run), batch, flops, started, note)
-
-
-def _inference(run: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-    def under_inference_mode() -> torch.Tensor:
-        with torch.inference_mode():
-            return run()
-
-    return under_inference_mode
+    return _timed_once(run, batch, flops, started, note)
