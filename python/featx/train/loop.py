@@ -240,7 +240,7 @@ def _train_epoch(
 ) -> dict[str, float]:
     objective.train_mode()
     cuda = device.type == "cuda"
-    loss_sum, correct_sum, seen, has_accuracy = 0.0, 0, 0, True
+    figures = _EpochFigures()
     for inputs, labels in loader:
         inputs, labels = _to_device(inputs, device, cuda), labels.to(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
@@ -254,18 +254,9 @@ def _train_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        batch = len(labels)
-        seen += batch
-        loss_sum += float(loss.detach()) * batch
-        if correct is None:
-            has_accuracy = False
-        else:
-            correct_sum += correct
-        bar.update(task, advance=1, status=f"loss {loss_sum / seen:.4f}")
-    figures = {"train_loss": loss_sum / seen}
-    if has_accuracy:
-        figures["train_accuracy"] = correct_sum / seen
-    return figures
+        figures.add(loss, correct, len(labels))
+        bar.update(task, advance=1, status=f"loss {figures.loss:.4f}")
+    return figures.named("train")
 
 
 @torch.no_grad()
@@ -273,7 +264,7 @@ def _evaluate(
     objective: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, use_amp: bool
 ) -> dict[str, float]:
     objective.eval()
-    loss_sum, correct_sum, seen, has_accuracy = 0.0, 0, 0, True
+    figures = _EpochFigures()
     # Validation may draw random views (SimSiam); a fixed fork keeps it repeatable and leaves
     # the training RNG stream untouched, so resumed runs stay exact.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -283,16 +274,34 @@ def _evaluate(
             labels = labels.to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 loss, correct = objective.evaluate(inputs, labels)
-            seen += len(labels)
-            loss_sum += float(loss) * len(labels)
-            if correct is None:
-                has_accuracy = False
-            else:
-                correct_sum += correct
-    figures = {"val_loss": loss_sum / seen}
-    if has_accuracy:
-        figures["val_accuracy"] = correct_sum / seen
-    return figures
+            figures.add(loss, correct, len(labels))
+    return figures.named("val")
+
+
+class _EpochFigures:
+    """Running mean loss and accuracy over an epoch's batches; accuracy only when every batch
+    reported one (SimSiam reports none)."""
+
+    def __init__(self) -> None:
+        self.loss_sum, self.correct, self.seen, self.has_accuracy = 0.0, 0, 0, True
+
+    def add(self, loss: torch.Tensor, correct: int | None, batch: int) -> None:
+        self.seen += batch
+        self.loss_sum += float(loss.detach()) * batch
+        if correct is None:
+            self.has_accuracy = False
+        else:
+            self.correct += correct
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.seen
+
+    def named(self, split: str) -> dict[str, float]:
+        figures = {f"{split}_loss": self.loss}
+        if self.has_accuracy:
+            figures[f"{split}_accuracy"] = self.correct / self.seen
+        return figures
 
 
 def _epoch_line(row: dict[str, float]) -> str:
@@ -325,6 +334,11 @@ def _load_state(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
         raise FeatxError(
             f"--resume: {path} is damaged ({type(err).__name__}); start without --resume"
         ) from err
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise FeatxError(
+            f"--resume: {path} is not a featx training state of format {STATE_FORMAT} (another "
+            "featx version wrote it); start without --resume"
+        )
     differences = [
         f"{key} ({state['fingerprint'].get(key)!r} then, {value!r} now)"
         for key, value in fingerprint.items()
