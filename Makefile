@@ -1,13 +1,18 @@
 # featx developer entry points. On a fresh machine: `make demo` (main job end to end, CPU) and
-# `make test` (lint + test suite). Both set up everything first; setup is idempotent.
+# `make test` (lint + layering + the runtime suite in a runtime-only environment + the whole
+# test suite). Both set up everything first; setup is idempotent.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.featx-installed
+# A runtime-only environment: featx[cpu] as a user installs it (a built wheel, no PyTorch).
+RUNTIME_VENV ?= .venv-runtime
+RUNTIME_PY := $(RUNTIME_VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint format bench bench-gpu bench-extract bench-pytest bench-export clean
+.PHONY: setup demo test test-runtime lint format bench bench-gpu bench-extract bench-pytest \
+	bench-export bench-startup test-fixtures clean
 
 setup: $(INSTALLED)
 
@@ -15,24 +20,38 @@ $(INSTALLED): pyproject.toml CMakeLists.txt $(wildcard csrc/*) scripts/install-n
 	scripts/install-native-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[cpu,torch,test]"
 	touch $@
 
 demo: setup
 	$(VENV)/bin/featx demo -o featx-demo
 
-test: lint
+test: lint test-runtime
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The runtime tests against the committed .onnx fixtures where torch is not installed, and the
+# import-linter contracts (pyproject.toml) on the installed package's real layout.
+test-runtime: setup
+	test -x $(RUNTIME_PY) || $(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_PY) -m pip install -q --upgrade pip
+	$(RUNTIME_PY) -m pip install -q ".[cpu,test-runtime]" --config-settings=build-dir=build/runtime
+	! $(RUNTIME_PY) -c "import torch" 2>/dev/null
+	$(RUNTIME_VENV)/bin/lint-imports
+	$(RUNTIME_PY) -m pytest tests/runtime $(PYTEST_ARGS)
+
 lint: setup
-	$(VENV)/bin/ruff check python kernels tests benchmarks
-	$(VENV)/bin/ruff format --check python kernels tests benchmarks
+	$(VENV)/bin/ruff check python kernels tests benchmarks scripts
+	$(VENV)/bin/ruff format --check python kernels tests benchmarks scripts
 	$(VENV)/bin/clang-format --dry-run -Werror csrc/*.cc csrc/*.h
 
 format: setup
-	$(VENV)/bin/ruff check --fix python kernels tests benchmarks
-	$(VENV)/bin/ruff format python kernels tests benchmarks
+	$(VENV)/bin/ruff check --fix python kernels tests benchmarks scripts
+	$(VENV)/bin/ruff format python kernels tests benchmarks scripts
 	$(VENV)/bin/clang-format -i csrc/*.cc csrc/*.h
+
+# Rewrites tests/runtime/fixtures (see its README) after a change to the exporter or its schema.
+test-fixtures: setup
+	$(PY) scripts/make-test-fixtures.py
 
 bench-export: setup
 	$(PY) benchmarks/export_report.py --output benchmarks/results/export-cpu.json
@@ -64,5 +83,9 @@ bench-pytest: setup
 	$(PY) -m pytest benchmarks/ --benchmark-only --benchmark-autosave \
 		--benchmark-storage=benchmarks/results/pytest-benchmark $(PYTEST_ARGS)
 
+# Start-up of every runtime command and whole-process featx extract vs eager on 600 JPEGs.
+bench-startup: setup
+	$(PY) benchmarks/startup.py --venv $(VENV) --output $(BENCH_OUT)-startup.json
+
 clean:
-	rm -rf build featx-demo .pytest_cache .ruff_cache
+	rm -rf build featx-demo .pytest_cache .ruff_cache $(RUNTIME_VENV)

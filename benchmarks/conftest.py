@@ -10,7 +10,8 @@ The default test run (testpaths = tests) never collects this folder.
 
 import pytest
 
-from featx.bench.run import Bench, BenchSettings
+from featx.bench.run import Bench
+from featx.bench.settings import BenchSettings
 
 DEFAULTS = BenchSettings()
 

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 #include <pybind11/stl/filesystem.h>
 
+#include <chrono>
 #include <filesystem>
 #include <limits>
 #include <stdexcept>
@@ -108,14 +109,23 @@ std::unique_ptr<featx::Session> open_session(const std::string& path, const std:
   return std::make_unique<featx::Session>(config);
 }
 
+// How long next() waits with the GIL released before it looks for signals: Ctrl-C then stops a
+// job within this time even while a worker is stuck in a read.
+constexpr std::chrono::milliseconds kSignalCheckInterval{100};
+
 py::tuple next_batch(featx::BatchPipeline& pipeline, const py::object& self) {
   featx::PreparedBatch batch;
-  bool more = false;
-  {
-    py::gil_scoped_release release;
-    more = pipeline.next(batch);
+  featx::BatchPipeline::Next got = featx::BatchPipeline::Next::kTimedOut;
+  while (got == featx::BatchPipeline::Next::kTimedOut) {
+    {
+      py::gil_scoped_release release;
+      got = pipeline.next(batch, kSignalCheckInterval);
+    }
+    if (got == featx::BatchPipeline::Next::kTimedOut && PyErr_CheckSignals() != 0) {
+      throw py::error_already_set();
+    }
   }
-  if (!more) return py::tuple();
+  if (got == featx::BatchPipeline::Next::kEnd) return py::tuple();
   const featx::PreprocessSpec& spec = pipeline.spec();
   const py::dtype dtype(spec.output_type == featx::TensorType::kFloat16 ? "float16" : "float32");
   // A view of the pipeline's buffer, valid until the next call; `self` keeps the buffer alive.
@@ -150,6 +160,15 @@ PYBIND11_MODULE(_runner, m) {
   m.def("onnxruntime_library_path", &featx::onnxruntime_library_path);
   m.def("onnxruntime_version", &featx::onnxruntime_version);
   m.def("onnxruntime_providers", &featx::onnxruntime_providers);
+
+  m.def(
+      "model_metadata",
+      [](const std::string& path) {
+        py::gil_scoped_release release;
+        return featx::model_metadata(path);
+      },
+      py::arg("path"),
+      "The custom metadata map of an ONNX file, read by ONNX Runtime (no graph optimisation).");
 
   m.def(
       "preprocess_file",

@@ -99,25 +99,26 @@ void BatchPipeline::work() {
   }
 }
 
-bool BatchPipeline::next(PreparedBatch& batch) {
+BatchPipeline::Next BatchPipeline::next(PreparedBatch& batch, std::chrono::milliseconds wait) {
   std::unique_lock<std::mutex> lock(mutex_);
   if (current_batch_ >= 0) {
     released_batches_ = current_batch_ + 1;
     current_batch_ = -1;
     slot_released_.notify_all();
   }
-  if (next_batch_ == static_cast<int64_t>(batch_ends_.size())) return false;
+  if (next_batch_ == static_cast<int64_t>(batch_ends_.size())) return Next::kEnd;
   Slot& slot = slot_of(next_batch_);
-  batch_completed_.wait(
-      lock, [&] { return cancelled_ || (slot.batch == next_batch_ && slot.pending == 0); });
+  const bool ready = batch_completed_.wait_for(
+      lock, wait, [&] { return cancelled_ || (slot.batch == next_batch_ && slot.pending == 0); });
+  if (!ready) return Next::kTimedOut;
   if (failure_) std::rethrow_exception(failure_);
-  if (cancelled_) return false;
+  if (cancelled_) return Next::kEnd;
   current_batch_ = next_batch_++;
   batch.first_item = batch_start(current_batch_);
   batch.rows = batch_rows(current_batch_);
   batch.tensor = slot.tensor.data();
   batch.results = &slot.results;
-  return true;
+  return Next::kBatch;
 }
 
 void BatchPipeline::fill_rgb(int64_t row, const uint8_t* rgb, int height, int width) {

@@ -6,6 +6,7 @@
 // size). Batches are delivered strictly in order, so output order never depends on timing.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
@@ -37,9 +38,13 @@ class BatchPipeline {
   BatchPipeline(const BatchPipeline&) = delete;
   BatchPipeline& operator=(const BatchPipeline&) = delete;
 
-  // Hands the previous batch's buffer back to the workers, then blocks until the next batch is
-  // complete. Returns false after the last batch. Rethrows a worker's unexpected failure.
-  bool next(PreparedBatch& batch);
+  enum class Next { kBatch, kEnd, kTimedOut };
+
+  // Hands the previous batch's buffer back to the workers, then waits up to `wait` for the next
+  // batch to complete: kBatch (filled into `batch`), kEnd after the last batch or a cancel, or
+  // kTimedOut (call again; the bounded wait lets a caller react to signals meanwhile).
+  // Rethrows a worker's unexpected failure.
+  Next next(PreparedBatch& batch, std::chrono::milliseconds wait);
 
   // Preprocesses a decoded RGB image (the fallback path for formats not decoded here) into row
   // `row` of the current batch and marks the row usable.

@@ -63,7 +63,34 @@ void append_cuda(Ort::SessionOptions& options, int device_id) {
   options.AppendExecutionProvider_CUDA(cuda);
 }
 
+std::map<std::string, std::string> custom_metadata(const Ort::Session& session) {
+  Ort::AllocatorWithDefaultOptions allocator;
+  const Ort::ModelMetadata model_metadata = session.GetModelMetadata();
+  std::map<std::string, std::string> metadata;
+  for (const auto& key : model_metadata.GetCustomMetadataMapKeysAllocated(allocator)) {
+    metadata[key.get()] =
+        model_metadata.LookupCustomMetadataMapAllocated(key.get(), allocator).get();
+  }
+  return metadata;
+}
+
+Ort::Session load_session(const std::string& path, const Ort::SessionOptions& options) {
+  try {
+    return Ort::Session(environment(), path.c_str(), options);
+  } catch (const Ort::Exception& err) {
+    throw std::runtime_error("ONNX Runtime cannot load '" + path + "': " + err.what());
+  }
+}
+
 }  // namespace
+
+std::map<std::string, std::string> model_metadata(const std::string& path) {
+  Ort::SessionOptions options;
+  options.SetGraphOptimizationLevel(ORT_DISABLE_ALL);
+  options.DisableCpuMemArena();
+  options.SetIntraOpNumThreads(1);
+  return custom_metadata(load_session(path, options));
+}
 
 struct Session::Impl {
   Ort::Session session{nullptr};
@@ -93,11 +120,7 @@ Session::Session(const SessionConfig& config) : impl_(std::make_unique<Impl>()) 
   if (cuda_) append_cuda(options, config.cuda_device_id);
   provider_ = cuda_ ? "CUDAExecutionProvider" : "CPUExecutionProvider";
 
-  try {
-    impl_->session = Ort::Session(environment(), config.model_path.c_str(), options);
-  } catch (const Ort::Exception& err) {
-    throw std::runtime_error("ONNX Runtime cannot load '" + config.model_path + "': " + err.what());
-  }
+  impl_->session = load_session(config.model_path, options);
   Ort::Session& session = impl_->session;
   if (session.GetInputCount() != 1 || session.GetOutputCount() != 1) {
     throw std::runtime_error(
@@ -130,12 +153,7 @@ Session::Session(const SessionConfig& config) : impl_(std::make_unique<Impl>()) 
                              "' output must be (batch, D) with a fixed embedding size D");
   }
   embedding_dim_ = output_shape[1];
-
-  const Ort::ModelMetadata model_metadata = session.GetModelMetadata();
-  for (const auto& key : model_metadata.GetCustomMetadataMapKeysAllocated(allocator)) {
-    metadata_[key.get()] =
-        model_metadata.LookupCustomMetadataMapAllocated(key.get(), allocator).get();
-  }
+  metadata_ = custom_metadata(session);
 }
 
 Session::~Session() = default;

@@ -30,6 +30,12 @@ struct SessionConfig {
   int cuda_device_id = 0;
 };
 
+// The custom metadata of the ONNX model at `path` (the featx.* keys written by featx-export), read
+// by ONNX Runtime from a session created with graph optimisations off: what `featx inspect` and
+// featx.read_metadata use where no inference follows. Throws std::runtime_error when ORT cannot
+// load the file.
+std::map<std::string, std::string> model_metadata(const std::string& path);
+
 class Session {
  public:
   // Throws std::runtime_error saying what is wrong with the model or the requested device.

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from featx.kernels._launch import (
+from featx.kernels.launch import (
     INTERPRET,
     check_same,
     check_tensor,
@@ -149,6 +149,11 @@ def _attention_kernel(
         out.to(out_ptr.dtype.element_ty),
         mask=m_ok[:, None] & d_ok[None, :],
     )
+
+
+JIT_KERNEL = _attention_kernel.fn
+"""The op's ``@triton.jit`` function (under its autotuner), for tools that compile it ahead of
+time (featx.testing.gpu_compile)."""
 
 
 def _check(

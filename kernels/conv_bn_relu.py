@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from featx.kernels._launch import (
+from featx.kernels.launch import (
     INTERPRET,
     check_same,
     check_tensor,
@@ -24,7 +24,6 @@ from featx.kernels._launch import (
     pair,
     runs_triton,
 )
-from featx.testing.references import conv_bn_relu_ref
 
 OP = "conv_bn_relu"
 
@@ -204,6 +203,11 @@ def _conv_bn_relu_kernel(
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=tile_ok)
 
 
+JIT_KERNEL = _conv_bn_relu_kernel.fn
+"""The op's ``@triton.jit`` function (under its autotuner), for tools that compile it ahead of
+time (featx.testing.gpu_compile)."""
+
+
 def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
@@ -260,6 +264,29 @@ def _empty_output(x: torch.Tensor, shape: tuple[int, int, int, int]) -> torch.Te
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
 
+def _conv_bn_relu_cpu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    residual: torch.Tensor | None,
+    relu: bool,
+) -> torch.Tensor:
+    """The op with PyTorch's CPU conv, at the inputs' dtype, in place after the conv. PyTorch
+    keeps a channels_last input's layout, so from the second fused conv on the final
+    ``contiguous`` is no copy."""
+    out = torch.nn.functional.conv2d(
+        x, weight, bias, tuple(stride), tuple(padding), tuple(dilation)
+    )
+    if residual is not None:
+        out.add_(residual)
+    if relu:
+        out.relu_()
+    return out.contiguous(memory_format=torch.channels_last)
+
+
 @torch.library.custom_op("featx::conv_bn_relu", mutates_args=())
 def _conv_bn_relu_op(
     x: torch.Tensor,
@@ -275,19 +302,7 @@ def _conv_bn_relu_op(
     without the Triton interpreter, computes the same thing with PyTorch ops)."""
     shape = _checked_shape(x, weight, bias, stride, padding, dilation, residual)
     if not runs_triton(x):
-        # PyTorch's CPU conv keeps a channels_last input's layout, so from the second fused
-        # conv on this is no copy.
-        return conv_bn_relu_ref(
-            x,
-            weight,
-            bias,
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            residual=residual,
-            relu=relu,
-            dtype=None,
-        ).contiguous(memory_format=torch.channels_last)
+        return _conv_bn_relu_cpu(x, weight, bias, stride, padding, dilation, residual, relu)
 
     out = _empty_output(x, shape)
     x = x.contiguous(memory_format=torch.channels_last)

@@ -8,10 +8,11 @@ from rich.console import Console
 from featx.bench.backends import Prepared
 from featx.bench.cases import Case, build_cases
 from featx.bench.compare import compare_results, matching_cases, regression_gate
-from featx.bench.run import Bench, BenchSettings
+from featx.bench.run import Bench
+from featx.bench.settings import BenchSettings
 from featx.bench.timing import Timing
 from featx.cli import main
-from featx.errors import FeatxError
+from featx.runtime.errors import FeatxError
 
 ENV = {"device": "CPU: Test CPU (2 cores)", "torch": "x", "commit": "abc"}
 
@@ -297,7 +298,9 @@ def test_kernel_cases_cover_resnet50_conv_blocks_and_vit_attention():
     assert "1x1s1 64-256 56x56" in blocks
     assert "3x3s2 512-512 14x14+relu" in blocks
     assert sum(shape.residual for shape in blocks.values()) == 4
-    cases = build_cases(["resnet50"], ["conv", "attention"], [64, 256], "cuda")
+    cases = build_cases(
+        ["resnet50"], ["conv", "attention"], [64, 256], "cuda", conv_blocks=list(blocks)
+    )
     conv = [case for case in cases if case.kind == "conv"]
     assert len(conv) == len(blocks) * 2 * 4
     assert {case.dtype for case in cases} == {"float16"}

@@ -9,7 +9,8 @@ from featx.bench.corpus import make_corpus
 from featx.bench.eager import eager_extract
 from featx.features import build_feature_model
 from featx.models import get_extractor
-from featx.preprocess import open_rgb, reference_transform
+from featx.preprocess import reference_transform
+from featx.runtime.decode import open_rgb
 from featx.testing.models import randomize_batchnorm
 
 COUNT = 40

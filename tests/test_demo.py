@@ -1,5 +1,5 @@
 from featx.demo import run_demo
-from featx.metadata import read_metadata
+from featx.runtime.metadata import read_metadata
 
 
 def test_demo_trains_exports_and_gives_useful_embeddings(tmp_path):

@@ -7,9 +7,9 @@ import pytest
 
 import featx
 from featx.cli import main
-from featx.errors import FeatxError
-from featx.evaluate import score_features
-from featx.shards import ShardWriter
+from featx.evaluation import score_features
+from featx.runtime.errors import FeatxError
+from featx.runtime.shards import ShardWriter
 
 
 def _write_features(out, ids, features, errors=(), shard_size=4):

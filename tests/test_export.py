@@ -7,10 +7,10 @@ from torch import nn
 
 import featx
 from featx.features import build_feature_model
-from featx.metadata import read_metadata
 from featx.models import get_extractor, list_extractors
-from featx.ort_config import cpu_session
 from featx.parity import FP16_MIN_COSINE, FP32_MAX_REL, FP32_MIN_COSINE, compare
+from featx.runtime.metadata import read_metadata
+from featx.runtime.ort_config import cpu_session
 
 
 def _session(path):

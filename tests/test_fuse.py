@@ -19,9 +19,9 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.models.vision_transformer import VisionTransformer
 
 import featx
-import featx.kernels._launch as launch
+import featx.kernels.launch as launch
 from featx.cli import main
-from featx.fuse import FusedConv2d, FusedMultiheadAttention
+from featx.fusion import FusedConv2d, FusedMultiheadAttention
 from featx.models import get_extractor
 from featx.parity import compare
 from featx.testing.models import randomize_batchnorm

@@ -21,9 +21,11 @@ from PIL import Image
 from torchvision import transforms
 
 from featx import _runner
-from featx.errors import ImageDecodeError
-from featx.metadata import Preprocess
-from featx.preprocess import MAX_PIXELS, decode_rgb, open_rgb, reference_transform, spec_dict
+from featx.preprocess import reference_transform
+from featx.runtime.decode import MAX_PIXELS, decode_rgb, open_rgb
+from featx.runtime.errors import ImageDecodeError
+from featx.runtime.metadata import Preprocess
+from featx.runtime.pipeline import spec_dict
 from featx.testing.images import (
     HUGE_SIZE,
     jpeg_bytes,
@@ -90,8 +92,8 @@ def test_scalar_kernels_give_the_same_tensors_as_the_simd_ones(tmp_path):
         import sys
         import numpy as np
         from featx import _runner
-        from featx.metadata import Preprocess
-        from featx.preprocess import spec_dict
+        from featx.runtime.metadata import Preprocess
+        from featx.runtime.pipeline import spec_dict
         from featx.testing.images import parity_photos
         outputs = [
             _runner.preprocess_rgb(np.asarray(image), spec_dict(Preprocess(crop, resize, mode)))

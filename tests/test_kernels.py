@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-import featx.kernels._launch as launch
+import featx.kernels.launch as launch
 from featx.kernels import attention, conv_bn_relu
 from featx.testing.gpu_compile import VARIANTS
 from featx.testing.references import attention_ref, conv_bn_relu_ref

@@ -12,11 +12,11 @@ import torch
 import featx
 from featx.cli import main
 from featx.data.digits import label_of, write_digits
-from featx.errors import FeatxError
 from featx.models import get_extractor
 from featx.models.checkpoint import load_model, save_checkpoint
-from featx.train.job import TrainingInterrupted
-from featx.train.supervised import apply_strategy, backbone_blocks, build_classifier, load_init
+from featx.runtime.errors import FeatxError
+from featx.training.job import TrainingInterrupted
+from featx.training.supervised import apply_strategy, backbone_blocks, build_classifier, load_init
 
 FAST = {"epochs": 2, "batch_size": 16, "augment": "light", "progress": False}
 

@@ -14,13 +14,13 @@ import torch
 import featx
 from featx.cli import main
 from featx.data.digits import label_of, write_digits
-from featx.evaluate import score_features
+from featx.evaluation import score_features
 from featx.features import build_feature_model
-from featx.metadata import Preprocess
 from featx.models import get_extractor
 from featx.models.checkpoint import load_model, save_checkpoint
-from featx.train.augment import eval_transform
-from featx.train.data import ImageDataset, load_training_data
+from featx.runtime.metadata import Preprocess
+from featx.training.augment import eval_transform
+from featx.training.data import ImageDataset, load_training_data
 
 
 @pytest.fixture(scope="module")

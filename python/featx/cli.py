@@ -13,17 +13,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from featx.errors import FeatxError
+from featx.runtime.errors import FeatxError, missing_extra
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
 
 
 def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    from featx.export import DEFAULT_OPSET, EXPORTERS
-    from featx.models.registry import POOLINGS
+    from featx.options import DEFAULT_OPSET, EXPORTERS
+    from featx.runtime.metadata import POOLINGS
 
     parser.add_argument("model", help="model file: featx checkpoint, state_dict (.pt), .pt2")
     parser.add_argument("-o", "--output", help="output .onnx path (default: MODEL with .onnx)")
@@ -48,8 +49,8 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
-    from featx.extract import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE
-    from featx.shards import FORMATS
+    from featx.runtime.extract import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE, ONNX_BACKEND
+    from featx.runtime.shards import FORMATS
 
     parser.add_argument("model", help="an .onnx file (--backend torch: a featx checkpoint)")
     parser.add_argument("input", help="a folder (recursive), a quoted glob, or a list file")
@@ -73,13 +74,17 @@ def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="discard output already there")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--backend", choices=BACKENDS, default="onnx", help="model runtime")
+    parser.add_argument(
+        "--backend",
+        default=ONNX_BACKEND,
+        help="model runtime: onnx, or a plug-in backend (torch: a checkpoint run in PyTorch)",
+    )
     parser.add_argument("--fuse", action="store_true", help="--backend torch: featx.fuse kernels")
     parser.add_argument("--arch", help="--backend torch: architecture of a plain state_dict")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from featx.export import export
+    from featx.exporter import export
 
     with stderr.status("exporting") as status:
         result = export(
@@ -150,7 +155,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from featx.metadata import read_metadata
+    from featx.runtime.metadata import read_metadata
 
     metadata = read_metadata(args.model)
     props = metadata.to_props()
@@ -218,29 +223,39 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
-    import onnx
-    import onnxruntime
-    import torch
-    import torchvision
-
-    from featx import __version__
-    from featx.runtime import native
+    from featx._version import __version__
+    from featx.runtime.native import native
 
     runner = native()
     print(f"featx {__version__}")
     print(
-        f"torch {torch.__version__}, torchvision {torchvision.__version__}, onnx {onnx.__version__}"
-    )
-    print(f"onnxruntime {onnxruntime.__version__} (python)")
-    print(
         f"onnxruntime {runner.onnxruntime_version()} (native runner, "
         f"{', '.join(runner.onnxruntime_providers())}) from {runner.onnxruntime_library_path()}"
     )
+    # Read from the installed distributions, so a runtime-only install answers without torch.
+    installed = [
+        f"{name} {version}"
+        for name in ("torch", "torchvision", "triton", "onnx", "onnxscript")
+        if (version := _installed_version(name))
+    ]
+    print(f"PyTorch side: {', '.join(installed)}" if installed else _RUNTIME_ONLY)
     return 0
 
 
+_RUNTIME_ONLY = "PyTorch side: not installed (runtime only; pip install 'featx[torch]' adds it)"
+
+
+def _installed_version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from featx.extract import extract, print_summary
+    from featx.runtime.extract import extract, print_summary
 
     summary = extract(
         args.model,
@@ -266,9 +281,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from featx.train import METHODS, STRATEGIES
-    from featx.train.augment import AUGMENTATIONS
-    from featx.train.loop import OPTIMIZERS
+    from featx.options import AUGMENTATIONS, METHODS, OPTIMIZERS, STRATEGIES
 
     parser.add_argument(
         "--data",
@@ -320,8 +333,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from featx.train import train
-    from featx.train.job import print_result
+    from featx.training import train
+    from featx.training.job import print_result
 
     options = {k: v for k, v in vars(args).items() if k not in ("run", "command", "quiet", "json")}
     result = train(
@@ -340,7 +353,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from featx.evaluate import evaluate, print_eval
+    from featx.evaluation import evaluate, print_eval
 
     result = evaluate(
         args.features, args.labels, k=args.k, test_fraction=args.test_fraction, seed=args.seed
@@ -354,7 +367,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     from featx.bench.cases import ALL_BACKENDS
-    from featx.bench.run import BenchSettings
+    from featx.bench.settings import BenchSettings
 
     defaults = BenchSettings()
     parser.add_argument(
@@ -380,7 +393,8 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from featx.bench.run import BenchSettings, run_bench
+    from featx.bench.run import run_bench
+    from featx.bench.settings import BenchSettings
 
     try:
         batch_sizes = tuple(int(size) for size in args.batch_sizes.split(","))
@@ -469,11 +483,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+def _run(
+    handler: Callable[[argparse.Namespace], int], args: argparse.Namespace, command: str
+) -> int:
     try:
-        return handler(args)
+        try:
+            return handler(args)
+        except ModuleNotFoundError as err:
+            extra = missing_extra(err, command)
+            if extra is None:
+                raise
+            raise extra from err
     except FeatxError as err:
-        stderr.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return err.exit_code
     except KeyboardInterrupt:
         stderr.print("interrupted; nothing was written")
@@ -482,7 +504,7 @@ def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return _run(args.run, args)
+    return _run(args.run, args, f"featx {args.command}")
 
 
 def export_main(argv: Sequence[str] | None = None) -> int:
@@ -491,7 +513,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
         description="Export a PyTorch checkpoint to a verified, self-describing ONNX file.",
     )
     _add_export_arguments(parser)
-    return _run(_cmd_export, parser.parse_args(argv))
+    return _run(_cmd_export, parser.parse_args(argv), "featx-export")
 
 
 if __name__ == "__main__":

@@ -14,13 +14,14 @@ import torch
 from rich.console import Console
 
 from featx.data.digits import write_digits
-from featx.evaluate import evaluate, score_features
-from featx.export import export
-from featx.extract import extract
+from featx.evaluation import evaluate, score_features
+from featx.exporter import export
 from featx.models import get_extractor
-from featx.preprocess import open_rgb, reference_transform
-from featx.shards import read_features
-from featx.train import train
+from featx.preprocess import reference_transform
+from featx.runtime.decode import open_rgb
+from featx.runtime.extract import extract
+from featx.runtime.shards import read_features
+from featx.training import train
 
 ARCH = "small_cnn"
 SEED = 0

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from featx.errors import FeatxError
-from featx.models.registry import POOLINGS
+from featx.runtime.errors import FeatxError
+from featx.runtime.metadata import POOLINGS
 
 GEM_POWER = 3.0
 GEM_EPS = 1e-6

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from featx.data.photos import sample_photos
-from featx.metadata import Preprocess
 from featx.preprocess import reference_transform
+from featx.runtime.metadata import Preprocess
 
 FP32_MIN_COSINE = 0.99999
 FP32_MAX_REL = 1e-4

@@ -1,38 +1,20 @@
-"""The reference (PIL + torchvision) implementation of a model's preprocessing policy, and the PIL
-decoder for the files the C++ image pipeline leaves to Python.
+"""The reference (PIL + torchvision) implementation of a model's preprocessing policy.
 
 This is the path users write by hand today; the parity check of every export feeds it real
-photos, and the C++ image pipeline is measured against it. The reference path and the fallback
-share `decode_rgb`, so both see the same pixels for every file.
+photos, and the C++ image pipeline (featx.runtime.pipeline) is measured against it. It decodes
+with the runtime's PIL decoder (featx.runtime.decode), so both see the same pixels for every file.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from featx.errors import ImageDecodeError
-from featx.metadata import Preprocess
-
-# Decoded images above this many pixels are refused: PIL's own decompression-bomb error threshold
-# (2 * Image.MAX_IMAGE_PIXELS), also the C++ pipeline's default.
-MAX_PIXELS = 178_956_970
-
-# Single-channel modes holding more than 8 bits per pixel. PIL's convert("RGB") clips these at
-# 255 (a 16-bit PNG turns white); they are scaled to 8 bits instead.
-_WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-# What PIL raises on undecodable input: OSError covers unidentified and truncated files,
-# SyntaxError/struct.error/ValueError/EOFError come from damaged headers and EXIF blocks.
-_PIL_DECODE_ERRORS = (OSError, SyntaxError, struct.error, ValueError, EOFError)
+from featx.runtime.metadata import Preprocess
 
 
 def reference_transform(preprocess: Preprocess) -> Callable[[Image.Image], torch.Tensor]:
@@ -49,51 +31,3 @@ def reference_transform(preprocess: Preprocess) -> Callable[[Image.Image], torch
             transforms.Normalize(preprocess.mean, preprocess.std),
         ]
     )
-
-
-def decode_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decodes an image file to an (H, W, 3) uint8 RGB array, EXIF orientation applied.
-
-    16-bit grayscale is scaled to 8 bits (value / 257, rounded); palette, gray, alpha and CMYK
-    images are converted with PIL's ``convert("RGB")`` (alpha dropped, not composited). Raises
-    ImageDecodeError for files PIL cannot decode and for images above ``max_pixels`` pixels.
-    """
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"{path}: image is {width}x{height} = {width * height} pixels, above the "
-                    f"limit of {max_pixels} pixels (max_pixels)"
-                )
-            return _rgb_array(ImageOps.exif_transpose(image))
-    except Image.DecompressionBombError as err:
-        raise ImageDecodeError(f"{path}: {err}") from err
-    except _PIL_DECODE_ERRORS as err:
-        raise ImageDecodeError(f"{path}: {err}") from err
-
-
-def _rgb_array(image: Image.Image) -> np.ndarray:
-    if image.mode in _WIDE_GRAY_MODES:
-        wide = np.asarray(image).astype(np.float64)
-        gray = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    return np.asarray(image.convert("RGB"))
-
-
-def open_rgb(path: str | Path) -> Image.Image:
-    """Decodes an image file to an RGB PIL image, as `decode_rgb` does."""
-    return Image.fromarray(decode_rgb(path))
-
-
-def spec_dict(preprocess: Preprocess, output: str = "float32") -> dict[str, Any]:
-    """The spec of featx._runner.preprocess_file / preprocess_rgb for a preprocessing policy."""
-    return {
-        "crop_size": preprocess.crop_size,
-        "resize_size": preprocess.resize_size,
-        "interpolation": preprocess.interpolation,
-        "mean": list(preprocess.mean),
-        "std": list(preprocess.std),
-        "output": output,
-        "max_pixels": MAX_PIXELS,
-    }

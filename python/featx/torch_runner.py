@@ -2,6 +2,9 @@
 behind the same interface as featx.Runner, so `featx extract --backend torch` reuses the C++
 decode/preprocess pipeline, the shards, the manifest and resume unchanged.
 
+It is the ``torch`` backend of extraction, registered under the ``featx.backends`` entry points
+(pyproject.toml): the runtime finds it there and never imports it (featx.runtime.extract).
+
 On CUDA the model runs in float16 with channels_last activations (the fused kernels' native
 layout); on CPU in float32 (fused ops then compute with PyTorch ops unless TRITON_INTERPRET=1).
 """
@@ -9,16 +12,18 @@ layout); on CPU in float32 (fused ops then compute with PyTorch ops unless TRITO
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from featx.errors import FeatxError
 from featx.features import build_feature_model
-from featx.fuse import fuse
-from featx.metadata import Preprocess
+from featx.fusion import fuse as fuse_model
 from featx.models.checkpoint import load_model
-from featx.runner import batch_pipeline, checked_model_path
+from featx.runtime.errors import FeatxError
+from featx.runtime.metadata import Preprocess
+from featx.runtime.pipeline import batch_pipeline
+from featx.runtime.runner import checked_model_path
 
 
 class TorchRunner:
@@ -30,7 +35,7 @@ class TorchRunner:
         *,
         arch: str | None = None,
         device: str = "cpu",
-        fuse_kernels: bool = False,
+        fuse: bool = False,
         threads: int = 0,
     ):
         path = checked_model_path(model, device)
@@ -51,8 +56,8 @@ class TorchRunner:
             normalize=False,
             input_size=self.preprocess.crop_size,
         )
-        if fuse_kernels:
-            feature_model = fuse(feature_model)
+        if fuse:
+            feature_model = fuse_model(feature_model)
         self.dtype = torch.float16 if device == "cuda" else torch.float32
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if device == "cuda" else torch.preserve_format
@@ -69,8 +74,6 @@ class TorchRunner:
         with torch.inference_mode():
             return self.model(batch).float().cpu().numpy()
 
-    def pipeline(
-        self, paths: list[str], batch_ends: list[int], workers: int, prefetch: int
-    ) -> object:
+    def pipeline(self, paths: list[str], batch_ends: list[int], workers: int, prefetch: int) -> Any:
         """The C++ decode/preprocess pipeline, configured by the checkpoint's preprocessing."""
         return batch_pipeline(self.preprocess, "float32", paths, batch_ends, workers, prefetch)

@@ -20,14 +20,14 @@ import torch
 from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from featx.errors import FeatxError
 from featx.features import build_feature_model
 from featx.fold import fold_batchnorm
-from featx.metadata import Preprocess
 from featx.models import get_extractor
 from featx.models.checkpoint import save_checkpoint
-from featx.ort_config import cpu_session
-from featx.runner import Runner
+from featx.runtime.errors import FeatxError
+from featx.runtime.metadata import Preprocess
+from featx.runtime.ort_config import cpu_session
+from featx.runtime.runner import Runner
 from featx.testing.models import randomize_batchnorm
 
 INPUT_SEED = 0
@@ -188,7 +188,7 @@ def _compiled(assets: ModelAssets, images: torch.Tensor, device: str):
 
 
 def _fused(assets: ModelAssets, images: torch.Tensor, device: str):
-    from featx.fuse import fuse
+    from featx.fusion import fuse
 
     if device != "cuda":
         raise Unavailable("the fused Triton kernels run on CUDA; run with --device cuda")

@@ -104,10 +104,16 @@ def backend_dtype(backend: str) -> str:
 
 
 def build_cases(
-    models: Sequence[str], backends: Sequence[str], batch_sizes: Sequence[int], device: str
+    models: Sequence[str],
+    backends: Sequence[str],
+    batch_sizes: Sequence[int],
+    device: str,
+    *,
+    conv_blocks: Sequence[str] | None = None,
 ) -> list[Case]:
     """Every case of the run, references first within each group (their figures are needed
-    for the speedups and parity of the rest), in a stable order."""
+    for the speedups and parity of the rest), in a stable order. The ``conv`` kind needs the
+    labels of the conv blocks it times (featx.bench.kernels.resnet50_conv_blocks)."""
     unknown = sorted(set(backends) - set(ALL_BACKENDS))
     if unknown:
         raise ValueError(
@@ -130,9 +136,9 @@ def build_cases(
     if "preprocess" in backends:
         cases += [Case("preprocess", PREPROCESS_MODEL, b, 1, "cpu") for b in PREPROCESS_BACKENDS]
     if "conv" in backends:
-        from featx.bench.kernels import resnet50_conv_blocks
-
-        for block in resnet50_conv_blocks():
+        if conv_blocks is None:
+            raise ValueError("conv cases need conv_blocks, the labels of the blocks to time")
+        for block in conv_blocks:
             for batch in batch_sizes:
                 cases += [
                     Case("conv", block, b, batch, device, KERNEL_DTYPE) for b in CONV_BACKENDS

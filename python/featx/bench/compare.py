@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from featx.errors import FeatxError
+from featx.runtime.errors import FeatxError
 
 FAILING = ("regressed", "parity-failed")
 VERDICT_STYLE = {

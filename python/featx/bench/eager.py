@@ -22,8 +22,9 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from featx.metadata import Preprocess
-from featx.preprocess import open_rgb, reference_transform
+from featx.preprocess import reference_transform
+from featx.runtime.decode import open_rgb
+from featx.runtime.metadata import Preprocess
 
 
 @dataclass(frozen=True)

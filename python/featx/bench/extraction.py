@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.extract import extract
-from featx.metadata import Preprocess
-from featx.preprocess import spec_dict
-from featx.runtime import native
+from featx.runtime.extract import extract
+from featx.runtime.metadata import Preprocess
+from featx.runtime.native import native
+from featx.runtime.pipeline import spec_dict
 
 
 def cpp_preprocess_pass(

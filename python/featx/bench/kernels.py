@@ -31,7 +31,7 @@ from torch import nn
 from featx.bench import cases
 from featx.bench.backends import Prepared, Unavailable, features_of, under_inference_mode
 from featx.fold import folded_layer
-from featx.fuse import FusedConv2d, fuse
+from featx.fusion import FusedConv2d, fuse
 from featx.kernels import attention
 from featx.testing.models import randomize_batchnorm
 from featx.testing.references import attention_ref

@@ -17,7 +17,7 @@ from rich.table import Table
 from featx.bench.backends import Prepared
 from featx.bench.cases import Case
 from featx.bench.timing import Timing
-from featx.files import write_atomic
+from featx.runtime.files import write_atomic
 
 STATUSES = ("ok", "failing-parity", "unavailable")
 SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}

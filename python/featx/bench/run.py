@@ -17,12 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.progress import Progress
 
 from featx.bench.backends import ModelAssets, Prepared, Unavailable, prepared
-from featx.bench.cases import DEFAULT_BACKENDS, REFERENCE, Case, build_cases
+from featx.bench.cases import REFERENCE, Case
 from featx.bench.compare import GateResult, load_result, matching_cases, regression_gate
 from featx.bench.corpus import make_corpus
 from featx.bench.eager import eager_extract, pil_preprocess_pass
@@ -36,11 +35,12 @@ from featx.bench.report import (
     write_json,
     write_plot,
 )
+from featx.bench.settings import BenchSettings
 from featx.bench.timing import measure
-from featx.errors import FeatxError
 from featx.models import get_extractor
 from featx.parity import ParityGate, compare
-from featx.shards import read_features
+from featx.runtime.errors import FeatxError
+from featx.runtime.shards import read_features
 
 RESULT_FORMAT = 1
 BF16_MIN_COSINE = 0.995
@@ -48,44 +48,6 @@ BF16_MIN_COSINE = 0.995
 gate (0.999) would fail correct bf16 models."""
 E2E_WORKERS = 2
 """DataLoader worker processes of the eager pipeline (one per core on the 2-core build machine)."""
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    models: tuple[str, ...] = ("resnet50",)
-    backends: tuple[str, ...] = DEFAULT_BACKENDS
-    batch_sizes: tuple[int, ...] = (1, 32)
-    device: str = "cpu"
-    repeats: int = 10
-    warmup: int = 2
-    e2e_images: int = 256
-    e2e_repeats: int = 3
-    preprocess_images: int = 64
-
-    def check(self) -> None:
-        """Raises FeatxError for settings that cannot be measured, before anything runs."""
-        for model in self.models:
-            get_extractor(model)
-        try:
-            self.cases()
-        except ValueError as err:
-            raise FeatxError(str(err)) from err
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise FeatxError("--device cuda asked for, but torch sees no CUDA device here")
-        if min(self.repeats, self.e2e_repeats) < 1 or self.warmup < 0:
-            raise FeatxError("repeats must be >= 1 and warm-up >= 0")
-        if min(self.e2e_images, self.preprocess_images) < 1:
-            raise FeatxError("the image counts of the extraction cases must be >= 1")
-
-    def cases(self) -> list[Case]:
-        """Every case these settings measure (featx.bench.cases.build_cases)."""
-        return build_cases(self.models, self.backends, self.batch_sizes, self.device)
-
-    def to_dict(self) -> dict:
-        return {
-            key: list(value) if isinstance(value, tuple) else value
-            for key, value in vars(self).items()
-        }
 
 
 def gate_for(case: Case) -> ParityGate:

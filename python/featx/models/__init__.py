@@ -1,14 +1,8 @@
 """Model loading: the extractor registry, curated torchvision backbones and the seed models."""
 
-from featx.models import seeds, torchvision_models
-from featx.models.registry import (
-    POOLINGS,
-    Extractor,
-    FeatureInfo,
-    get_extractor,
-    list_extractors,
-    register_extractor,
-)
+from featx.models.catalog import get_extractor, list_extractors
+from featx.models.registry import Extractor, FeatureInfo, register_extractor
+from featx.runtime.metadata import POOLINGS
 
 __all__ = [
     "POOLINGS",
@@ -17,6 +11,4 @@ __all__ = [
     "get_extractor",
     "list_extractors",
     "register_extractor",
-    "seeds",
-    "torchvision_models",
 ]

@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from featx.errors import FeatxError
-from featx.files import file_sha256, write_atomic
-from featx.metadata import Preprocess
-from featx.models.registry import Extractor, get_extractor
+from featx.models.catalog import get_extractor
+from featx.models.registry import Extractor
+from featx.runtime.errors import FeatxError
+from featx.runtime.files import file_sha256, write_atomic
+from featx.runtime.metadata import Preprocess
 
 CHECKPOINT_FORMAT = 1
 _LIST_LIMIT = 8

@@ -1,21 +1,17 @@
 """The extractor registry: which layer, pooling and preprocessing make a model an extractor.
 
-Curated entries are registered with ``@register_extractor``. Any other torchvision
-classification model is accepted too, with generic defaults (see ``torchvision_models``).
+Curated entries are registered with ``@register_extractor`` (featx.models.seeds and
+featx.models.torchvision_models register theirs); featx.models.catalog looks names up.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
-from featx.errors import FeatxError
-from featx.metadata import Preprocess
-
-POOLINGS = ("avg", "max", "gem", "cls", "none")
+from featx.runtime.metadata import POOLINGS, Preprocess
 
 
 @dataclass(frozen=True)
@@ -78,24 +74,11 @@ def register_extractor(
     return decorate
 
 
-def list_extractors() -> list[str]:
-    """Names of the curated extractors, sorted."""
+def curated(name: str) -> Extractor | None:
+    """The extractor registered as ``name``, or None."""
+    return _REGISTRY.get(name)
+
+
+def curated_names() -> list[str]:
+    """Names of the registered extractors, sorted."""
     return sorted(_REGISTRY)
-
-
-def get_extractor(name: str) -> Extractor:
-    """The curated extractor ``name``, else generic defaults for a torchvision model ``name``."""
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    from featx.models.torchvision_models import generic_torchvision_extractor, torchvision_names
-
-    if name in torchvision_names():
-        return generic_torchvision_extractor(name)
-    known = list(_REGISTRY) + torchvision_names()
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise FeatxError(
-        f"unknown architecture {name!r}: it is neither a featx extractor nor a torchvision "
-        f"classification model.{hint} `featx models` lists the curated extractors; any name "
-        "from torchvision.models.list_models() also works."
-    )

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featx.metadata import Preprocess
 from featx.models.registry import FeatureInfo, register_extractor
+from featx.runtime.metadata import Preprocess
 
 SEED_IMAGE_SIZE = 32
 SEED_PREPROCESS = Preprocess(

@@ -8,8 +8,8 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
-from featx.metadata import Preprocess
 from featx.models.registry import Extractor, FeatureInfo, register_extractor
+from featx.runtime.metadata import Preprocess
 
 
 @functools.cache

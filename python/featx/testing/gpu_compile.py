@@ -19,9 +19,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from featx.kernels._launch import INTERPRET, dot_precision
-from featx.kernels.attention import _attention_kernel, head_block
-from featx.kernels.conv_bn_relu import _conv_bn_relu_kernel
+from featx.kernels.attention import JIT_KERNEL as ATTENTION_JIT
+from featx.kernels.attention import head_block
+from featx.kernels.conv_bn_relu import JIT_KERNEL as CONV_BN_RELU_JIT
+from featx.kernels.launch import INTERPRET, dot_precision
 
 TRITON_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 SHARED_MEMORY_BYTES = {80: 163 * 1024, 90: 227 * 1024}
@@ -93,8 +94,8 @@ VARIANTS = (
 
 def _kernel(op: str) -> object:
     """The op's triton.JITFunction (under its autotuner)."""
-    kernels = {"conv_bn_relu": _conv_bn_relu_kernel, "attention": _attention_kernel}
-    return kernels[op].fn
+    kernels = {"conv_bn_relu": CONV_BN_RELU_JIT, "attention": ATTENTION_JIT}
+    return kernels[op]
 
 
 def compile_variant(variant: Variant, arch: int) -> dict:

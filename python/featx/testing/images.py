@@ -68,17 +68,25 @@ def _with_junk_after_first_segment(jpeg: bytes) -> bytes:
     return jpeg[:end] + b"\x00\x01\x02" + jpeg[end:]
 
 
-def write_hostile_set(folder: str | Path) -> dict[str, bool]:
-    """Writes the hostile image set into `folder`.
+def hostile_set_photos() -> tuple[Image.Image, Image.Image]:
+    """The two photos the hostile set is made of: a 320x240 landscape and a 180x240 portrait,
+    cropped from scikit-learn's sample photos."""
+    temple, flower = sample_photos()
+    return temple.crop((100, 60, 420, 300)), flower.crop((200, 40, 380, 280))
+
+
+def write_hostile_set(
+    folder: str | Path, photos: tuple[Image.Image, Image.Image] | None = None
+) -> dict[str, bool]:
+    """Writes the hostile image set into `folder`, made of ``photos`` (a landscape and a
+    portrait RGB image; default `hostile_set_photos()`).
 
     Returns file name -> whether a correct pipeline must extract it (True) or report it as an
     error (False). Every file is small (the bomb only declares its size), so writing is fast.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    temple, flower = sample_photos()
-    photo = temple.crop((100, 60, 420, 300))  # 320x240
-    portrait = flower.crop((200, 40, 380, 280))  # 180x240
+    photo, portrait = photos or hostile_set_photos()
     luma = np.asarray(photo.convert("L"), dtype=np.int32)
     # 16 bits with real content: luma * 257 plus a ramp, so values need rounding, not clipping.
     ramp = (np.arange(luma.size).reshape(luma.shape) % 257) - 128

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from featx.errors import FeatxError, ImageDecodeError
-from featx.inputs import IMAGE_SUFFIXES, read_label_rows
-from featx.preprocess import decode_rgb, open_rgb
+from featx.runtime.decode import decode_rgb, open_rgb
+from featx.runtime.errors import FeatxError, ImageDecodeError
+from featx.runtime.inputs import IMAGE_SUFFIXES, read_label_rows
 
 MIN_VAL_PER_CLASS = 1
 

@@ -2,10 +2,9 @@
 
 One concern per file: data (inputs, split), augment (transforms), supervised (init, head,
 strategies), simsiam, distill, loop (optimizer, schedule, early stopping, resume), report
-(curves, summary), job (the `train` entry point).
+(curves, summary), job (the `train` entry point). The choices each offers are in featx.options.
 """
 
-from featx.train.job import METHODS, TrainResult, train
-from featx.train.supervised import STRATEGIES
+from featx.training.job import TrainResult, train
 
-__all__ = ["METHODS", "STRATEGIES", "TrainResult", "train"]
+__all__ = ["TrainResult", "train"]

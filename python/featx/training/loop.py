@@ -25,10 +25,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from featx.errors import FeatxError
-from featx.files import write_atomic
+from featx.options import OPTIMIZERS
+from featx.runtime.errors import FeatxError
+from featx.runtime.files import write_atomic
 
-OPTIMIZERS = ("adamw", "sgd")
 STATE_FORMAT = 1
 
 

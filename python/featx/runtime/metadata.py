@@ -4,7 +4,8 @@ Every key lives in the ONNX ``metadata_props`` under the ``featx.`` prefix; valu
 JSON-encoded where structured. ``featx.schema_version`` is bumped on any incompatible change;
 readers refuse files from a newer schema. The full schema is documented in README.md.
 
-This module is the bottom layer of the package: no torch, so the runner can read it.
+Writing is the exporter's (featx.export); reading goes through ONNX Runtime's model metadata in
+the native module, so the runtime needs neither torch nor the onnx package.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featx.errors import FeatxError
+from featx.runtime.errors import FeatxError
+from featx.runtime.native import native
 
 SCHEMA_VERSION = 1
 PREFIX = "featx."
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+POOLINGS = ("avg", "max", "gem", "cls", "none")
+"""Values of ``featx.pooling``: how the feature layer's output becomes one vector per image."""
 
 
 @dataclass(frozen=True)
@@ -161,15 +165,12 @@ class ModelMetadata:
 
 
 def read_metadata(onnx_path: str | Path) -> ModelMetadata:
-    """Reads the featx metadata of an exported ONNX file without loading its weights."""
-    import onnx
-
+    """Reads the featx metadata of an exported ONNX file (ONNX Runtime loads it, unoptimised)."""
     path = Path(onnx_path)
     if not path.is_file():
         raise FeatxError(f"no such ONNX file: {path}")
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:
+        props = native().model_metadata(str(path))
+    except RuntimeError as err:
         raise FeatxError(f"{path} is not a readable ONNX file ({err})") from err
-    props = {prop.key: prop.value for prop in model.metadata_props}
     return ModelMetadata.from_props(props, where=str(path))

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from featx.errors import FeatxError
-from featx.inputs import read_label_rows
-from featx.shards import read_features
+from featx.runtime.errors import FeatxError
+from featx.runtime.inputs import read_label_rows
+from featx.runtime.shards import read_features
 
 DEFAULT_K = 5
 PROBE_MAX_ITER = 2000

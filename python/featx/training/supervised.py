@@ -19,11 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featx.errors import FeatxError
 from featx.models.checkpoint import _final_linear_name, _unwrap_state_dict
 from featx.models.registry import Extractor
-
-STRATEGIES = ("linear", "partial", "full")
+from featx.options import STRATEGIES
+from featx.runtime.errors import FeatxError
 
 
 def head_name(model: nn.Module, arch: str) -> str:

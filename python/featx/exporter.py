@@ -23,20 +23,18 @@ import onnx
 import torch
 from torch import fx, nn
 
-from featx import __version__
-from featx.errors import FeatxError, ParityError
+from featx._version import __version__
 from featx.features import FeatureLayout, build_feature_model
-from featx.files import write_atomic
 from featx.fold import FoldReport, fold_batchnorm
-from featx.fuse import FuseReport, fuse_graph
-from featx.metadata import ModelMetadata, Preprocess
+from featx.fusion import FuseReport, fuse_graph
 from featx.models.checkpoint import load_model
-from featx.ort_config import cpu_session
+from featx.options import DEFAULT_OPSET, EXPORTERS, MIN_OPSET
 from featx.parity import ParityGate, ParityReport, compare, parity_inputs
+from featx.runtime.errors import FeatxError, ParityError
+from featx.runtime.files import write_atomic
+from featx.runtime.metadata import ModelMetadata, Preprocess
+from featx.runtime.ort_config import cpu_session
 
-DEFAULT_OPSET = 18
-MIN_OPSET = 18
-EXPORTERS = ("dynamo", "torchscript")
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
 MAX_BATCH = 4096

@@ -11,16 +11,15 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-from featx.errors import FeatxError
+from featx.runtime.errors import ONNXRUNTIME_EXTRAS, FeatxError, MissingExtraError
 
 
 def onnxruntime_library() -> Path:
     """Path of libonnxruntime inside the installed onnxruntime (or onnxruntime-gpu) package."""
     spec = importlib.util.find_spec("onnxruntime")
     if spec is None or not spec.submodule_search_locations:
-        raise FeatxError(
-            "the onnxruntime package is not installed; `pip install onnxruntime` (CPU) or "
-            "`pip install onnxruntime-gpu` (CUDA)."
+        raise MissingExtraError(
+            f"the onnxruntime package is not installed: pip install {ONNXRUNTIME_EXTRAS}"
         )
     capi = Path(next(iter(spec.submodule_search_locations))) / "capi"
     candidates = sorted(capi.glob("libonnxruntime.so*")) + sorted(
@@ -36,7 +35,7 @@ def onnxruntime_library() -> Path:
 @functools.cache
 def native() -> ModuleType:
     """featx._runner with ONNX Runtime loaded, ready to use."""
-    from featx import _runner
+    import featx._runner as _runner
 
     try:
         _runner.load_onnxruntime(str(onnxruntime_library()))

@@ -18,18 +18,19 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from featx.errors import FeatxError
-from featx.inputs import IMAGE_SUFFIXES
-from featx.metadata import Preprocess
 from featx.models import get_extractor
 from featx.models.checkpoint import _final_linear_name, save_checkpoint
-from featx.train.augment import eval_transform, train_transform, two_views
-from featx.train.data import ImageDataset, TrainingData, load_training_data
-from featx.train.distill import DistillObjective, load_teacher
-from featx.train.loop import LoopConfig, LoopResult, run_loop
-from featx.train.report import print_summary, write_curves
-from featx.train.simsiam import SimSiamObjective, build_simsiam
-from featx.train.supervised import (
+from featx.options import METHODS
+from featx.runtime.errors import FeatxError
+from featx.runtime.inputs import IMAGE_SUFFIXES
+from featx.runtime.metadata import Preprocess
+from featx.training.augment import eval_transform, train_transform, two_views
+from featx.training.data import ImageDataset, TrainingData, load_training_data
+from featx.training.distill import DistillObjective, load_teacher
+from featx.training.loop import LoopConfig, LoopResult, run_loop
+from featx.training.report import print_summary, write_curves
+from featx.training.simsiam import SimSiamObjective, build_simsiam
+from featx.training.supervised import (
     STRATEGIES,
     SupervisedObjective,
     apply_strategy,
@@ -37,7 +38,6 @@ from featx.train.supervised import (
     load_init,
 )
 
-METHODS = ("supervised", "simsiam", "distill")
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "sgd": 5e-4}
 CUDA_LOADER_WORKERS = 4

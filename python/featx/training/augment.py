@@ -14,11 +14,10 @@ from PIL import Image, ImageFilter
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from featx.errors import FeatxError
-from featx.metadata import Preprocess
+from featx.options import AUGMENTATIONS
 from featx.preprocess import reference_transform
-
-AUGMENTATIONS = ("standard", "light", "none")
+from featx.runtime.errors import FeatxError
+from featx.runtime.metadata import Preprocess
 
 
 def eval_transform(preprocess: Preprocess) -> Callable[[Image.Image], torch.Tensor]:

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from featx.files import write_atomic
+from featx.runtime.files import write_atomic
 
 
 def write_curves(path: Path, history: list[dict[str, float]], title: str) -> Path:

@@ -6,7 +6,7 @@ import onnxruntime
 import pytest
 
 from featx import FeatxError
-from featx.runtime import native, onnxruntime_library
+from featx.runtime.native import native, onnxruntime_library
 
 
 def test_native_runner_reaches_the_installed_onnxruntime_through_the_cpp_api():
@@ -45,5 +45,5 @@ def test_native_errors_say_what_is_wrong_in_a_fresh_process(tmp_path):
 
 def test_missing_onnxruntime_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
-    with pytest.raises(FeatxError, match="pip install onnxruntime"):
+    with pytest.raises(FeatxError, match=r"not installed: pip install 'featx\[cpu\]'"):
         onnxruntime_library()

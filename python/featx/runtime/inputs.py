@@ -15,7 +15,7 @@ import glob
 import hashlib
 from pathlib import Path
 
-from featx.errors import FeatxError
+from featx.runtime.errors import FeatxError
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}

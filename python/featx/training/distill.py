@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featx.errors import FeatxError
 from featx.features import Pool
-from featx.metadata import Preprocess
 from featx.models.checkpoint import LoadedModel, load_model
-from featx.train.supervised import head_name
+from featx.runtime.errors import FeatxError
+from featx.runtime.metadata import Preprocess
+from featx.training.supervised import head_name
 
 
 def load_teacher(path: str | Path) -> tuple[LoadedModel, int, list[str] | None]:

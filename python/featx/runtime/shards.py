@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from featx.errors import FeatxError
-from featx.files import TMP_MARK, sha256_bytes, write_atomic
+from featx.runtime.errors import FeatxError
+from featx.runtime.files import TMP_MARK, sha256_bytes, write_atomic
 
 MANIFEST = "manifest.json"
 ERRORS = "errors.jsonl"

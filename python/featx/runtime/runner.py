@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from featx.errors import FeatxError
-from featx.metadata import Preprocess, read_metadata
-from featx.ort_config import cpu_optimization_level
-from featx.preprocess import spec_dict
-from featx.runtime import native
+from featx.runtime.errors import FeatxError
+from featx.runtime.metadata import ModelMetadata, read_metadata
+from featx.runtime.native import native
+from featx.runtime.ort_config import cpu_optimization_level
+from featx.runtime.pipeline import batch_pipeline
 
 DEVICES = ("cpu", "cuda")
 
@@ -33,12 +34,12 @@ class Runner:
         spinning: bool = True,
     ):
         path = checked_model_path(model, device)
-        self.metadata = read_metadata(path)
-        level = cpu_optimization_level(self.metadata.dtype) if device == "cpu" else "all"
+        level = cpu_optimization_level(read_metadata(path).dtype) if device == "cpu" else "all"
         try:
             self._session = native().Session(str(path), device, threads, level, True, spinning)
         except RuntimeError as err:
             raise FeatxError(str(err)) from err
+        self.metadata = ModelMetadata.from_props(self._session.metadata, where=str(path))
         self.path = path
         self.device = device
 
@@ -62,15 +63,9 @@ class Runner:
         """(batch, 3, H, W) images -> (batch, D) embeddings."""
         return self._session.run(images)
 
-    def pipeline(
-        self, paths: list[str], batch_ends: list[int], workers: int, prefetch: int
-    ) -> object:
-        """A C++ decode/preprocess pipeline producing batches for this model's input.
-
-        ``pipeline.next()`` returns ``(first_item, rows, tensor, statuses)`` or None at the end;
-        ``tensor`` is valid until the next call. Rows whose status is "fallback" are filled with
-        ``pipeline.fill_rgb(row, rgb)``.
-        """
+    def pipeline(self, paths: list[str], batch_ends: list[int], workers: int, prefetch: int) -> Any:
+        """A C++ decode/preprocess pipeline producing batches for this model's input
+        (featx.runtime.pipeline.batch_pipeline)."""
         return batch_pipeline(
             self.metadata.preprocess, self.metadata.io_dtype, paths, batch_ends, workers, prefetch
         )
@@ -84,16 +79,3 @@ def checked_model_path(model: str | Path, device: str) -> Path:
     if device not in DEVICES:
         raise FeatxError(f"unknown device {device!r}; choose {' or '.join(DEVICES)}")
     return path
-
-
-def batch_pipeline(
-    preprocess: Preprocess,
-    output: str,
-    paths: list[str],
-    batch_ends: list[int],
-    workers: int,
-    prefetch: int,
-) -> object:
-    """The C++ decode/preprocess pipeline producing ``output``-typed batches for ``preprocess``."""
-    spec = spec_dict(preprocess, output=output)
-    return native().BatchPipeline(paths, batch_ends, spec, workers, prefetch)

@@ -1,9 +1,14 @@
 """featx extract: a folder of images in, sharded embeddings out, nothing lost.
 
-inputs -> C++ pipeline (decode, resize, crop, normalise in worker threads) -> model backend (the
-C++ ORT session over an exported .onnx, or with ``backend="torch"`` a checkpoint's feature model
-in PyTorch, optionally featx.fuse'd) -> shards written atomically -> manifest. See featx.shards
-for the output layout and featx.inputs for the input order.
+inputs -> C++ pipeline (decode, resize, crop, normalise in worker threads) -> model backend ->
+shards written atomically -> manifest. See featx.runtime.shards for the output layout and
+featx.runtime.inputs for the input order.
+
+Model backends: ``onnx`` (the default) is featx.Runner, the C++ ONNX Runtime session over an
+exported .onnx file. Any other backend is a plug-in found under the ``featx.backends`` entry
+points: a callable ``factory(model_path, *, device, threads, fuse, arch) -> ModelBackend``.
+featx registers ``torch`` there (featx.torch_runner.TorchRunner: a checkpoint's feature model in
+PyTorch, optionally featx.fuse'd), so this module never imports the PyTorch side.
 """
 
 from __future__ import annotations
@@ -12,20 +17,21 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from featx import __version__
-from featx.errors import FeatxError
-from featx.files import file_sha256
-from featx.inputs import inputs_fingerprint, list_inputs
-from featx.preprocess import decode_rgb
-from featx.runner import Runner
-from featx.shards import (
+from featx._version import __version__
+from featx.runtime.decode import decode_rgb
+from featx.runtime.errors import FeatxError, missing_extra
+from featx.runtime.files import file_sha256
+from featx.runtime.inputs import inputs_fingerprint, list_inputs
+from featx.runtime.runner import Runner
+from featx.runtime.shards import (
     ERRORS,
     MANIFEST,
     Manifest,
@@ -33,14 +39,20 @@ from featx.shards import (
     remove_stale_temporaries,
 )
 
-BACKENDS = ("onnx", "torch")
+ONNX_BACKEND = "onnx"
+BACKEND_ENTRY_POINTS = "featx.backends"
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_SHARD_SIZE = 4096
 PREFETCH_BATCHES = 3
 
 
 class ModelBackend(Protocol):
-    """What extraction needs of a model: featx.Runner (ONNX) and featx.TorchRunner provide it."""
+    """What extraction needs of a model: featx.Runner (ONNX) and featx.TorchRunner provide it.
+
+    ``run`` maps a (batch, 3, H, W) array of preprocessed images to (batch, embedding_dim)
+    embeddings; ``pipeline`` returns the C++ decode pipeline for the model's preprocessing
+    (featx.runtime.pipeline.batch_pipeline).
+    """
 
     arch: str
     embedding_dim: int
@@ -49,7 +61,13 @@ class ModelBackend(Protocol):
 
     def pipeline(
         self, paths: list[str], batch_ends: list[int], workers: int, prefetch: int
-    ) -> object: ...
+    ) -> Any: ...
+
+
+def backend_names() -> list[str]:
+    """The model backends extraction can use: onnx, then the installed plug-ins."""
+    plugins = sorted(point.name for point in entry_points(group=BACKEND_ENTRY_POINTS))
+    return [ONNX_BACKEND, *(name for name in plugins if name != ONNX_BACKEND)]
 
 
 class Interrupted(FeatxError):
@@ -93,7 +111,7 @@ def extract(
     overwrite: bool = False,
     progress: bool = True,
     console: Console | None = None,
-    backend: str = "onnx",
+    backend: str = ONNX_BACKEND,
     fuse: bool = False,
     arch: str | None = None,
 ) -> ExtractSummary:
@@ -132,7 +150,7 @@ def extract(
             "format": fmt,
             "dtype": dtype,
             "shard_size": shard_size,
-            **({"backend": backend, "fuse": fuse} if backend != "onnx" else {}),
+            **({"backend": backend, "fuse": fuse} if backend != ONNX_BACKEND else {}),
         },
         featx_version=__version__,
     )
@@ -163,18 +181,24 @@ def extract(
 def _open_backend(
     model: str | Path, backend: str, device: str, threads: int, fuse: bool, arch: str | None
 ) -> ModelBackend:
-    if backend not in BACKENDS:
-        raise FeatxError(f"unknown backend {backend!r}; choose {' or '.join(BACKENDS)}")
-    if backend == "onnx":
+    if backend == ONNX_BACKEND:
         if fuse or arch is not None:
             raise FeatxError(
                 "--fuse and --arch apply to --backend torch (a checkpoint run in PyTorch); an "
                 ".onnx model is already folded and runs on ONNX Runtime."
             )
         return Runner(model, device=device, threads=threads, spinning=False)
-    from featx.torch_runner import TorchRunner
-
-    return TorchRunner(model, arch=arch, device=device, fuse_kernels=fuse, threads=threads)
+    plugins = {point.name: point for point in entry_points(group=BACKEND_ENTRY_POINTS)}
+    if backend not in plugins:
+        raise FeatxError(f"unknown backend {backend!r}; choose {' or '.join(backend_names())}")
+    try:
+        factory = plugins[backend].load()
+    except ModuleNotFoundError as err:
+        extra = missing_extra(err, f"--backend {backend}")
+        if extra is None:
+            raise
+        raise extra from err
+    return factory(Path(model), device=device, threads=threads, fuse=fuse, arch=arch)
 
 
 def _prepare_out_dir(
@@ -296,21 +320,28 @@ class _Extraction:
             )
             started = time.perf_counter()
             done = 0
-            while (batch := pipeline.next()) is not None:
-                first, rows, tensor, statuses = batch
-                inputs = order[first : first + rows]
-                usable = self._sort_rows(pipeline, inputs, statuses, current)
-                current.embeddings.append(self.runner.run(tensor)[usable])
-                done += rows
-                elapsed = max(time.perf_counter() - started, 1e-9)
-                progress.update(task, advance=rows, rate=done / elapsed)
-                if inputs[-1] == current.stop_input - 1:
-                    self._write(current)
-                    current = self._open(next(shards, None))
+            try:
+                while (batch := pipeline.next()) is not None:
+                    first, rows, tensor, statuses = batch
+                    inputs = order[first : first + rows]
+                    usable = self._sort_rows(pipeline, inputs, statuses, current)
+                    current.embeddings.append(self.runner.run(tensor)[usable])
+                    done += rows
+                    elapsed = max(time.perf_counter() - started, 1e-9)
+                    progress.update(task, advance=rows, rate=done / elapsed)
+                    if inputs[-1] == current.stop_input - 1:
+                        self._write(current)
+                        current = self._open(next(shards, None))
+            except KeyboardInterrupt:
+                # The pipeline's workers finish the read they are in before they stop; one stuck
+                # in a read (a hung network mount) holds the command up, so say what it waits on.
+                console.print("interrupted: stopping the decode workers")
+                pipeline.cancel()
+                raise
 
     def _sort_rows(
         self,
-        pipeline: object,
+        pipeline: Any,
         inputs: list[int],
         statuses: list[tuple[str, str]],
         shard: _ShardRows,

@@ -1,0 +1,10 @@
+"""The extraction runtime: everything that runs an exported .onnx file over images and writes
+features, with no torch, torchvision, triton, onnx, onnxscript, scikit-learn or matplotlib
+anywhere on its import path (import-linter checks it; see pyproject.toml).
+
+One stage per module, in the order data flows: native (the C++ module, ONNX Runtime loaded into
+it), metadata (what an exported file says about itself), runner (featx.Runner, the C++ ORT
+session), inputs (which images, in which order), decode (the PIL fallback decoder), pipeline
+(the C++ decode/preprocess threads), shards (atomic output shards, the manifest), extract (the
+job: resume, progress, summary); errors and files are shared by all of them.
+"""

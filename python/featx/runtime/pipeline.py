@@ -1,0 +1,41 @@
+"""The C++ decode -> resize -> crop -> normalise pipeline (featx._runner.BatchPipeline), set up
+from a model's preprocessing policy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from featx.runtime.decode import MAX_PIXELS
+from featx.runtime.metadata import Preprocess
+from featx.runtime.native import native
+
+
+def spec_dict(preprocess: Preprocess, output: str = "float32") -> dict[str, Any]:
+    """The spec of featx._runner.preprocess_file / preprocess_rgb for a preprocessing policy."""
+    return {
+        "crop_size": preprocess.crop_size,
+        "resize_size": preprocess.resize_size,
+        "interpolation": preprocess.interpolation,
+        "mean": list(preprocess.mean),
+        "std": list(preprocess.std),
+        "output": output,
+        "max_pixels": MAX_PIXELS,
+    }
+
+
+def batch_pipeline(
+    preprocess: Preprocess,
+    output: str,
+    paths: list[str],
+    batch_ends: list[int],
+    workers: int,
+    prefetch: int,
+) -> Any:
+    """The C++ decode/preprocess pipeline producing ``output``-typed batches for ``preprocess``.
+
+    ``pipeline.next()`` returns ``(first_item, rows, tensor, statuses)`` or None at the end;
+    ``tensor`` is valid until the next call. Rows whose status is "fallback" are filled with
+    ``pipeline.fill_rgb(row, rgb)`` (featx.runtime.decode.decode_rgb decodes them).
+    """
+    spec = spec_dict(preprocess, output=output)
+    return native().BatchPipeline(paths, batch_ends, spec, workers, prefetch)
