@@ -3,6 +3,7 @@ with its classifier removed, a DataLoader whose worker processes decode with PIL
 with np.save. It imports nothing from featx, so its start-up cost is PyTorch's alone.
 
     python benchmarks/eager_extract.py STATE_DICT IMAGE_FOLDER OUT.npy [--batch-size 32]
+        [--resize 256 --crop 224 --interpolation bilinear]
 """
 
 import argparse
@@ -38,6 +39,9 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--resize", type=int, default=256)
+    parser.add_argument("--crop", type=int, default=224)
+    parser.add_argument("--interpolation", default="bilinear")
     args = parser.parse_args()
 
     model = torchvision.models.resnet50()
@@ -46,8 +50,10 @@ def main():
     model.eval()
     transform = transforms.Compose(
         [
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
+            transforms.Resize(
+                args.resize, interpolation=transforms.InterpolationMode(args.interpolation)
+            ),
+            transforms.CenterCrop(args.crop),
             transforms.ToTensor(),
             transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
         ]

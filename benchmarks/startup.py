@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -75,6 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venv", default=".venv", help="virtual environment holding featx")
     parser.add_argument("--eager-venv", help="environment with torch for the eager side")
+    parser.add_argument("--commit", help="commit measured (default: this checkout's HEAD)")
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=5, help="start-up runs per command")
     parser.add_argument("--e2e-repeats", type=int, default=2, help="end-to-end runs per side")
@@ -122,8 +124,16 @@ def main() -> None:
         featx_out, eager_out = work / "featx-out", work / "eager.npy"
         featx_command = [featx, "extract", str(model), str(images), "-o", str(featx_out)]
         featx_command += ["--batch-size", str(args.batch_size), "--quiet"]
+        # The eager side preprocesses as the exported model says (resnet50: resize 232, crop 224).
+        inspect = subprocess.run(
+            [featx, "inspect", str(model), "--json"], capture_output=True, text=True, check=True
+        )
+        preprocess = json.loads(inspect.stdout)["featx.preprocess"]
         eager_command = [eager_python, str(HERE / "eager_extract.py"), str(weights), str(images)]
         eager_command += [str(eager_out), "--batch-size", str(args.batch_size)]
+        eager_command += ["--resize", str(preprocess["resize_size"])]
+        eager_command += ["--crop", str(preprocess["crop_size"])]
+        eager_command += ["--interpolation", preprocess["interpolation"]]
         featx_runs, eager_runs = [], []
         for _ in range(args.e2e_repeats):
             shutil.rmtree(featx_out, ignore_errors=True)
@@ -145,14 +155,17 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE
-    ).stdout.strip()
+    commit = (
+        args.commit
+        or subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE
+        ).stdout.strip()
+    )
     result = {
         "label": args.label,
         "commit": commit,
         "machine": platform.processor() or platform.machine(),
-        "cpus": len(__import__("os").sched_getaffinity(0)),
+        "cpus": len(os.sched_getaffinity(0)),
         "python": sys.version.split()[0],
         "startup": startup,
         "end_to_end": e2e,

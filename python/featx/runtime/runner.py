@@ -34,6 +34,10 @@ class Runner:
         spinning: bool = True,
     ):
         path = checked_model_path(model, device)
+        # The CPU optimisation level depends on the model's dtype (featx.runtime.ort_config: a
+        # layout optimiser crashes ORT on fp16 ViT), which only the metadata says, and ORT reads
+        # metadata only by loading the model: an unoptimised load first (ResNet-50: ~40 ms warm,
+        # about what the real session's load costs), then the session, which reads it again.
         level = cpu_optimization_level(read_metadata(path).dtype) if device == "cpu" else "all"
         try:
             self._session = native().Session(str(path), device, threads, level, True, spinning)
