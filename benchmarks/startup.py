@@ -17,6 +17,7 @@ featx itself, so the same script measures any checkout (before and after a chang
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -70,6 +71,15 @@ def min_cosine(a, b) -> float:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return float((a * b).sum(axis=1).min())
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the machine type."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
 
 
 def main() -> None:
@@ -164,7 +174,7 @@ def main() -> None:
     result = {
         "label": args.label,
         "commit": commit,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "cpus": len(os.sched_getaffinity(0)),
         "python": sys.version.split()[0],
         "startup": startup,

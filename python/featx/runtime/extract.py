@@ -64,12 +64,6 @@ class ModelBackend(Protocol):
     ) -> Any: ...
 
 
-def backend_names() -> list[str]:
-    """The model backends extraction can use: onnx, then the installed plug-ins."""
-    plugins = sorted(point.name for point in entry_points(group=BACKEND_ENTRY_POINTS))
-    return [ONNX_BACKEND, *(name for name in plugins if name != ONNX_BACKEND)]
-
-
 class Interrupted(FeatxError):
     """Ctrl-C: finished shards are kept, the shard in flight is discarded."""
 
@@ -190,7 +184,8 @@ def _open_backend(
         return Runner(model, device=device, threads=threads, spinning=False)
     plugins = {point.name: point for point in entry_points(group=BACKEND_ENTRY_POINTS)}
     if backend not in plugins:
-        raise FeatxError(f"unknown backend {backend!r}; choose {' or '.join(backend_names())}")
+        names = [ONNX_BACKEND, *sorted(plugins)]
+        raise FeatxError(f"unknown backend {backend!r}; choose {' or '.join(names)}")
     try:
         factory = plugins[backend].load()
     except ModuleNotFoundError as err:

@@ -1,5 +1,5 @@
 """ONNX Runtime session settings shared by the export parity check and the runner, so that a
-model is verified under the same settings it later runs with. No torch here (bottom layer)."""
+model is verified under the same settings it later runs with."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from featx.models import get_extractor
 from featx.models.checkpoint import _final_linear_name, save_checkpoint
-from featx.options import METHODS
+from featx.options import METHODS, STRATEGIES
 from featx.runtime.errors import FeatxError
 from featx.runtime.inputs import IMAGE_SUFFIXES
 from featx.runtime.metadata import Preprocess
@@ -31,7 +31,6 @@ from featx.training.loop import LoopConfig, LoopResult, run_loop
 from featx.training.report import print_summary, write_curves
 from featx.training.simsiam import SimSiamObjective, build_simsiam
 from featx.training.supervised import (
-    STRATEGIES,
     SupervisedObjective,
     apply_strategy,
     build_classifier,
