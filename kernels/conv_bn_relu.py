@@ -264,29 +264,6 @@ def _empty_output(x: torch.Tensor, shape: tuple[int, int, int, int]) -> torch.Te
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
 
-def _conv_bn_relu_cpu(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-    residual: torch.Tensor | None,
-    relu: bool,
-) -> torch.Tensor:
-    """The op with PyTorch's CPU conv, at the inputs' dtype, in place after the conv. PyTorch
-    keeps a channels_last input's layout, so from the second fused conv on the final
-    ``contiguous`` is no copy."""
-    out = torch.nn.functional.conv2d(
-        x, weight, bias, tuple(stride), tuple(padding), tuple(dilation)
-    )
-    if residual is not None:
-        out.add_(residual)
-    if relu:
-        out.relu_()
-    return out.contiguous(memory_format=torch.channels_last)
-
-
 @torch.library.custom_op("featx::conv_bn_relu", mutates_args=())
 def _conv_bn_relu_op(
     x: torch.Tensor,
@@ -302,7 +279,16 @@ def _conv_bn_relu_op(
     without the Triton interpreter, computes the same thing with PyTorch ops)."""
     shape = _checked_shape(x, weight, bias, stride, padding, dilation, residual)
     if not runs_triton(x):
-        return _conv_bn_relu_cpu(x, weight, bias, stride, padding, dilation, residual, relu)
+        # PyTorch's CPU conv at the inputs' dtype, the epilogue in place. PyTorch keeps a
+        # channels_last input's layout, so from the second fused conv on this is no copy.
+        out = torch.nn.functional.conv2d(
+            x, weight, bias, tuple(stride), tuple(padding), tuple(dilation)
+        )
+        if residual is not None:
+            out.add_(residual)
+        if relu:
+            out.relu_()
+        return out.contiguous(memory_format=torch.channels_last)
 
     out = _empty_output(x, shape)
     x = x.contiguous(memory_format=torch.channels_last)

@@ -2,9 +2,6 @@
 The runtime's own behaviour (hostile inputs, formats, resume, signals) is tested without PyTorch
 in tests/runtime."""
 
-import json
-
-import numpy as np
 import pytest
 import torch
 
@@ -17,6 +14,7 @@ from featx.preprocess import reference_transform
 from featx.runtime.decode import open_rgb
 from featx.runtime.extract import extract
 from featx.runtime.inputs import list_inputs
+from featx.runtime.shards import read_features
 from featx.testing.models import randomize_batchnorm
 
 
@@ -48,19 +46,10 @@ def photos(tmp_path_factory):
     return folder
 
 
-def _read_npy_output(out):
-    manifest = json.loads((out / "manifest.json").read_text())
-    ids, chunks = [], []
-    for shard in manifest["shards"]:
-        ids += json.loads((out / shard["files"]["ids"]).read_text())
-        chunks.append(np.load(out / shard["files"]["features"]))
-    return manifest, ids, np.concatenate(chunks)
-
-
 def test_features_match_the_pil_torchvision_path(resnet18, photos, tmp_path):
     path, reference, preprocess = resnet18
     summary = extract(path, photos, tmp_path / "out", batch_size=5, progress=False)
-    _, ids, features = _read_npy_output(tmp_path / "out")
+    ids, features, _ = read_features(tmp_path / "out")
     assert summary.rows == summary.inputs == len(ids) == 14
     assert ids == list_inputs(photos)
     transform = reference_transform(preprocess)
