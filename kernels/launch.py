@@ -3,7 +3,7 @@
 The kernels target GPUs. On a CUDA tensor the compiled Triton kernel runs. On a CPU tensor the
 Triton kernel runs under Triton's interpreter when ``TRITON_INTERPRET=1`` (that is how the CPU
 test suite checks the kernels themselves); otherwise the op computes the same result with its
-PyTorch reference composition, so a fused model stays usable on CPU (export, parity, extraction).
+PyTorch composition, so a fused model stays usable on CPU (parity checks, extraction).
 Triton decides interpretation when a kernel is decorated, so the flag is read once, at import.
 """
 

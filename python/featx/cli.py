@@ -44,7 +44,6 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--min-cosine", type=float, help="parity gate: minimum cosine")
     parser.add_argument("--max-rel", type=float, help="parity gate: max-abs / feature scale")
-    parser.add_argument("--fuse", action="store_true", help="export the featx.fuse'd model")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -102,7 +101,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
             trust_pickle=args.trust_pickle,
             min_cosine=args.min_cosine,
             max_rel=args.max_rel,
-            fuse=args.fuse,
             on_stage=lambda text: status.update(text),
         )
     summary = {
@@ -120,8 +118,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
         "total_seconds": round(result.total_seconds, 3),
         "parity": result.parity.to_dict(),
     }
-    if result.fuse is not None:
-        summary["fused"] = dict(result.fuse.fused)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -142,8 +138,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     stdout.print(f"gate: cosine >= {gate.min_cosine}{rel}: passed")
     for reason in result.fold.skipped:
         stdout.print(f"[yellow]not folded[/]: {reason}")
-    if result.fuse is not None:
-        stdout.print(result.fuse.summary(), markup=False)
     stdout.print(
         f"wrote {result.path} ({result.file_bytes / 2**20:.1f} MiB): {result.metadata.arch} "
         f"layer {result.metadata.layer} pool {result.metadata.pooling} -> "

@@ -1,9 +1,8 @@
 """featx-export: checkpoint -> verified, self-describing ONNX file.
 
-load -> cut at the feature layer + pool -> fold BatchNorm, drop dropout (or, with ``fuse``,
-featx.fuse: the fused custom ops export as standard ONNX) -> torch.onnx (dynamic batch) ->
-parity against the unfolded eager model on random inputs and real photos -> metadata -> atomic
-write. Nothing is written unless every step passes.
+load -> cut at the feature layer + pool -> fold BatchNorm, drop dropout -> torch.onnx (dynamic
+batch) -> parity against the unfolded eager model on random inputs and real photos -> metadata
+-> atomic write. Nothing is written unless every step passes.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from torch import fx, nn
 from featx._version import __version__
 from featx.features import FeatureLayout, build_feature_model
 from featx.fold import FoldReport, fold_batchnorm
-from featx.fusion import FuseReport, fuse_graph
 from featx.models.checkpoint import load_model
 from featx.options import DEFAULT_OPSET, EXPORTERS, MIN_OPSET
 from featx.parity import ParityGate, ParityReport, compare, parity_inputs
@@ -53,7 +51,6 @@ class ExportResult:
     convert_seconds: float
     total_seconds: float
     file_bytes: int
-    fuse: FuseReport | None = None
 
 
 class HalfPrecision(nn.Module):
@@ -85,13 +82,10 @@ def export(
     trust_pickle: bool = False,
     min_cosine: float | None = None,
     max_rel: float | None = None,
-    fuse: bool = False,
     on_stage: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Exports ``model`` (a model file) to a verified ONNX file and returns what was measured.
 
-    ``fuse`` exports the featx.fuse model (its kernels translated to standard ONNX ops); the
-    parity gate still compares against the unfused eager model.
     Raises FeatxError for bad input (nothing written) and ParityError when ONNX Runtime's output
     leaves the parity gate (nothing written; the figures are in the message).
     """
@@ -100,11 +94,6 @@ def export(
     model_path = Path(model)
     out_path = Path(output) if output is not None else model_path.with_suffix(".onnx")
     _check_options(out_path, opset, exporter, input_size, fp16, fp16_io)
-    if fuse and exporter != "dynamo":
-        raise FeatxError(
-            "--fuse needs the dynamo exporter (it translates featx's fused ops); drop --exporter "
-            f"{exporter}."
-        )
 
     stage("loading model")
     loaded = load_model(model_path, arch=arch, trust_pickle=trust_pickle)
@@ -123,25 +112,18 @@ def export(
         input_size=preprocess.crop_size,
     )
 
-    stage("fusing onto featx kernels" if fuse else "folding BatchNorm")
+    stage("folding BatchNorm")
     inference = copy.deepcopy(reference)
-    fuse_report = None
     if isinstance(inference.body, fx.GraphModule):
-        if fuse:
-            fuse_report = fuse_graph(inference.body)
-            fold = fuse_report.fold
-        else:
-            fold = fold_batchnorm(inference.body)
+        fold = fold_batchnorm(inference.body)
     else:
         fold = FoldReport(skipped=["model is not traceable by torch.fx; nothing folded"])
-        if fuse:
-            fuse_report = FuseReport(left=["model is not traceable by torch.fx; nothing fused"])
     if fp16:
         inference = HalfPrecision(inference, half_io=fp16_io).eval()
 
     stage(f"converting to ONNX ({exporter})")
     convert_started = time.perf_counter()
-    proto = _convert(inference, preprocess.crop_size, opset, exporter, fuse)
+    proto = _convert(inference, preprocess.crop_size, opset, exporter)
     convert_seconds = time.perf_counter() - convert_started
     if proto.ByteSize() >= _PROTOBUF_LIMIT:
         raise FeatxError(
@@ -177,7 +159,6 @@ def export(
             **loaded.source,
             "exporter": exporter,
             "torch": torch.__version__,
-            **({"fused": dict(fuse_report.fused)} if fuse_report is not None else {}),
         },
         parity=report.to_dict(),
     )
@@ -193,7 +174,6 @@ def export(
         convert_seconds=convert_seconds,
         total_seconds=time.perf_counter() - started,
         file_bytes=out_path.stat().st_size,
-        fuse=fuse_report,
     )
 
 
@@ -235,25 +215,18 @@ def _check_options(
         raise FeatxError("--fp16-io needs --fp16 (half-precision inputs feed a half model).")
 
 
-def _convert(
-    model: nn.Module, size: int, opset: int, exporter: str, fused: bool = False
-) -> onnx.ModelProto:
+def _convert(model: nn.Module, size: int, opset: int, exporter: str) -> onnx.ModelProto:
     example = torch.randn(2, 3, size, size)
     if isinstance(model, HalfPrecision) and model.half_io:
         example = example.half()
     try:
-        return _run_exporter(model, example, opset, exporter, fused)
+        return _run_exporter(model, example, opset, exporter)
     except Exception as err:
         op = _failing_op(err)
         where = f" at op {op}" if op else ""
         summary = f"torch.onnx ({exporter} exporter) could not export the model{where}: "
         summary += _error_line(err)
         fallback = "torchscript" if exporter == "dynamo" else "dynamo"
-        if fused:
-            raise FeatxError(
-                summary + ". A fused model exports only with the dynamo exporter; export without "
-                "--fuse to see whether the unfused model exports."
-            ) from err
         try:
             _run_exporter(model, example, opset, fallback)
         except Exception:
@@ -269,7 +242,7 @@ def _convert(
 
 
 def _run_exporter(
-    model: nn.Module, example: torch.Tensor, opset: int, exporter: str, fused: bool = False
+    model: nn.Module, example: torch.Tensor, opset: int, exporter: str
 ) -> onnx.ModelProto:
     """One export attempt, with torch.onnx's progress chatter kept off the user's terminal."""
     chatter = io.StringIO()
@@ -280,10 +253,6 @@ def _run_exporter(
     ):
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
-            # Imported here, not at module level: onnxscript costs ~0.7 s to import, and only
-            # the dynamo exporter uses the translations.
-            from featx.onnx_translations import custom_translation_table
-
             batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
             program = torch.onnx.export(
                 model,
@@ -294,7 +263,6 @@ def _run_exporter(
                 output_names=[OUTPUT_NAME],
                 dynamic_shapes={INPUT_NAME: {0: batch}},
                 external_data=False,
-                custom_translation_table=custom_translation_table() if fused else None,
             )
             return program.model_proto
         buffer = io.BytesIO()
