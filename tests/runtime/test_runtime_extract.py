@@ -149,7 +149,8 @@ def _wait_for_shards(out, count, process, timeout=120):
 
 
 def _wait_for_line(stream, text, timeout=60):
-    """Reads ``stream`` until a line holding ``text``; returns everything read."""
+    """Reads the unbuffered binary ``stream`` until a line holding ``text``; returns everything
+    read. Unbuffered, so that nothing read ahead is hidden from a later ``communicate``."""
     seen = ""
     with selectors.DefaultSelector() as selector:
         selector.register(stream, selectors.EVENT_READ)
@@ -160,7 +161,7 @@ def _wait_for_line(stream, text, timeout=60):
             line = stream.readline()
             if not line:
                 raise AssertionError(f"the process ended without {text!r}; got {seen!r}")
-            seen += line
+            seen += line.decode()
     return seen
 
 
@@ -207,7 +208,7 @@ def test_ctrl_c_keeps_finished_shards_and_resumes(model, held_corpus, tmp_path):
     inputs, release = held_corpus
     out = tmp_path / "out"
     process = subprocess.Popen(
-        _extract_command(model, inputs, out), stderr=subprocess.PIPE, text=True
+        _extract_command(model, inputs, out), stderr=subprocess.PIPE, bufsize=0
     )
     finishable = HELD_AT // SHARD_SIZE
     _wait_for_shards(out, finishable, process)
@@ -216,7 +217,7 @@ def test_ctrl_c_keeps_finished_shards_and_resumes(model, held_corpus, tmp_path):
     # command says it is stopping before the read is let go.
     seen = _wait_for_line(process.stderr, "interrupted: stopping the decode workers")
     release().join()
-    _, rest = process.communicate(timeout=60)
+    rest = process.communicate(timeout=60)[1].decode()
     assert process.returncode == 130, seen + rest
     assert "resume" in rest
     manifest = json.loads((out / "manifest.json").read_text())
