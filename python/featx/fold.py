@@ -12,6 +12,9 @@ from torch import fx, nn
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# Layers and norms are matched by exact type, never as subclasses: a subclass may compute more
+# than its base (timm's BatchNormAct2d applies its activation, StdConv2d standardises its
+# weights), and folding would drop or undo that.
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
@@ -21,6 +24,8 @@ class FoldReport:
 
     folded: list[tuple[str, str]] = field(default_factory=list)
     dropouts_removed: int = 0
+    reparameterized: list[str] = field(default_factory=list)
+    """Blocks put into their single-branch inference form first (Extractor.deploy)."""
     skipped: list[str] = field(default_factory=list)
 
 
@@ -74,7 +79,7 @@ def _fold_graph_nodes(graph_module: fx.GraphModule, report: FoldReport) -> None:
             graph_module.graph.erase_node(node)
             report.dropouts_removed += 1
             continue
-        if not isinstance(module, _BATCHNORMS):
+        if type(module) not in _BATCHNORMS:
             continue
         reason = _unfoldable(node, module, modules, calls)
         if reason:
@@ -102,7 +107,7 @@ def _fold_inside_sequentials(root: nn.Module, report: FoldReport) -> None:
             continue
         children = list(sequential.named_children())
         for (layer_key, layer), (bn_key, bn) in itertools.pairwise(children):
-            if not isinstance(bn, _BATCHNORMS) or not _pairs(layer, bn):
+            if type(bn) not in _BATCHNORMS or not _pairs(layer, bn):
                 continue
             where = f"{name}.{bn_key}" if name else bn_key
             if bn.training or bn.running_mean is None or bn.running_var is None:
@@ -122,11 +127,13 @@ def _fold_inside_sequentials(root: nn.Module, report: FoldReport) -> None:
 
 def _pairs(layer: nn.Module, bn: nn.Module) -> bool:
     """Whether ``bn`` normalises the output channels of ``layer`` directly."""
-    if isinstance(layer, (nn.Conv1d, nn.Linear)):
-        return isinstance(bn, nn.BatchNorm1d)
-    if isinstance(layer, nn.Conv2d):
-        return isinstance(bn, nn.BatchNorm2d)
-    return isinstance(layer, nn.Conv3d) and isinstance(bn, nn.BatchNorm3d)
+    pairs = {
+        nn.Conv1d: nn.BatchNorm1d,
+        nn.Linear: nn.BatchNorm1d,
+        nn.Conv2d: nn.BatchNorm2d,
+        nn.Conv3d: nn.BatchNorm3d,
+    }
+    return pairs.get(type(layer)) is type(bn)
 
 
 def _unfoldable(
@@ -143,7 +150,7 @@ def _unfoldable(
     if not isinstance(producer, fx.Node) or producer.op != "call_module":
         return "input is not a conv or linear module"
     layer = modules[producer.target]
-    if not isinstance(layer, (*_CONVS, nn.Linear)):
+    if type(layer) not in (*_CONVS, nn.Linear):
         return f"input is a {type(layer).__name__}, not a conv or linear layer"
     if not _pairs(layer, bn):
         return f"{type(bn).__name__} does not match {type(layer).__name__}'s output"
