@@ -39,6 +39,9 @@ featx::PreprocessSpec spec_from_dict(const py::dict& spec) {
   parsed.crop_size = spec_field<int>(spec, "crop_size");
   parsed.resize_size = spec_field<int>(spec, "resize_size");
   parsed.interpolation = featx::parse_interpolation(spec_field<std::string>(spec, "interpolation"));
+  if (spec.contains("policy")) {
+    parsed.resize_mode = featx::parse_policy(spec_field<std::string>(spec, "policy"));
+  }
   parsed.mean = spec_field<std::array<float, 3>>(spec, "mean");
   parsed.std = spec_field<std::array<float, 3>>(spec, "std");
   parsed.output_type = featx::parse_tensor_type(spec_field<std::string>(spec, "output"));

@@ -130,6 +130,13 @@ Interpolation parse_interpolation(const std::string& name) {
                               "'");
 }
 
+ResizeMode parse_policy(const std::string& name) {
+  if (name == "resize_shorter_center_crop") return ResizeMode::kShorterSide;
+  if (name == "resize_squash_center_crop") return ResizeMode::kSquash;
+  throw std::invalid_argument(
+      "policy must be resize_shorter_center_crop or resize_squash_center_crop, got '" + name + "'");
+}
+
 TensorType parse_tensor_type(const std::string& name) {
   if (name == "float32") return TensorType::kFloat32;
   if (name == "float16") return TensorType::kFloat16;

@@ -2,8 +2,9 @@
 // PIL/torchvision path (featx.preprocess.reference_transform) within 1/255 per pixel.
 //
 // Policy (see featx.metadata.Preprocess): decode to RGB (EXIF orientation applied), resize so the
-// shorter side is `resize_size` with PIL's antialiased resampling, center-crop `crop_size` the
-// way torchvision does, scale to [0, 1], subtract mean, divide by std.
+// shorter side is `resize_size` (or, squashed, both sides, as timm's crop_mode 'squash' does)
+// with PIL's antialiased resampling, center-crop `crop_size` the way torchvision does, scale to
+// [0, 1], subtract mean, divide by std.
 #pragma once
 
 #include <array>
@@ -15,11 +16,13 @@ namespace featx {
 
 enum class Interpolation { kNearest, kBilinear, kBicubic };
 enum class TensorType { kFloat32, kFloat16 };
+enum class ResizeMode { kShorterSide, kSquash };
 
 struct PreprocessSpec {
   int crop_size = 224;
   int resize_size = 256;
   Interpolation interpolation = Interpolation::kBilinear;
+  ResizeMode resize_mode = ResizeMode::kShorterSide;
   std::array<float, 3> mean{0.485f, 0.456f, 0.406f};
   std::array<float, 3> std{0.229f, 0.224f, 0.225f};
   TensorType output_type = TensorType::kFloat32;
@@ -35,6 +38,9 @@ struct PreprocessSpec {
 // Names as featx.metadata.Preprocess writes them ("nearest", "bilinear", "bicubic") and output
 // types ("float32", "float16"). Throw std::invalid_argument naming the field.
 Interpolation parse_interpolation(const std::string& name);
+// Policy names as featx.metadata.Preprocess writes them ("resize_shorter_center_crop",
+// "resize_squash_center_crop").
+ResizeMode parse_policy(const std::string& name);
 TensorType parse_tensor_type(const std::string& name);
 
 enum class DecodeStatus {

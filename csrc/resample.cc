@@ -447,7 +447,11 @@ bool resize_crop_normalize(const uint8_t* rgb, int height, int width, const Prep
                            void* out) {
   int resized_height = 0;
   int resized_width = 0;
-  if (!resized_dims(height, width, spec.resize_size, resized_height, resized_width)) return false;
+  if (spec.resize_mode == ResizeMode::kSquash) {
+    resized_height = resized_width = spec.resize_size;
+  } else if (!resized_dims(height, width, spec.resize_size, resized_height, resized_width)) {
+    return false;
+  }
   if (spec.output_type == TensorType::kFloat16) {
     resize_crop_store(rgb, height, width, resized_height, resized_width, spec, half_tables(spec),
                       static_cast<uint16_t*>(out));

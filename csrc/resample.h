@@ -1,5 +1,6 @@
 // Resize + center crop + normalise of a decoded RGB image, reproducing torchvision's
-// Resize(resize_size, antialias=True) -> CenterCrop(crop_size) on a PIL image bit for bit.
+// Resize(resize_size, antialias=True) -> CenterCrop(crop_size) on a PIL image bit for bit (or,
+// squashed, Resize((resize_size, resize_size))).
 //
 // PIL resizes with a separable filter (horizontal pass, then vertical), fixed-point weights and
 // uint8 rounding between the passes (Pillow's Resample.c), or, for NEAREST, with an affine

@@ -23,7 +23,7 @@ from torchvision import transforms
 from featx import _runner
 from featx.preprocess import reference_transform
 from featx.runtime.decode import MAX_PIXELS, decode_rgb, open_rgb
-from featx.runtime.errors import ImageDecodeError
+from featx.runtime.errors import FeatxError, ImageDecodeError
 from featx.runtime.metadata import Preprocess
 from featx.runtime.pipeline import spec_dict
 from featx.testing.images import (
@@ -76,6 +76,37 @@ def test_preprocess_rgb_is_bit_exact_with_torchvision_on_pil(photo, interpolatio
     actual = _runner.preprocess_rgb(np.asarray(image), spec_dict(preprocess))
     assert actual.dtype == np.float32
     assert max_difference(actual, expected) <= BIT_EXACT
+
+
+@pytest.mark.parametrize(("crop", "resize"), [(224, 224), (192, 213)])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("photo", PHOTOS)
+def test_squash_policy_is_bit_exact_with_torchvision_resize_to_a_square(
+    photo, interpolation, crop, resize
+):
+    """timm's crop_mode 'squash': both sides to ``resize`` (aspect ratio not kept), then crop."""
+    preprocess = Preprocess(crop, resize, interpolation, policy="resize_squash_center_crop")
+    image = PHOTOS[photo]
+    expected = transforms.Compose(
+        [
+            transforms.Resize(
+                (resize, resize), interpolation=transforms.InterpolationMode(interpolation)
+            ),
+            transforms.CenterCrop(crop),
+            transforms.ToTensor(),
+            transforms.Normalize(preprocess.mean, preprocess.std),
+        ]
+    )(image).numpy()
+    actual = _runner.preprocess_rgb(np.asarray(image), spec_dict(preprocess))
+    assert max_difference(actual, expected) <= BIT_EXACT
+
+
+def test_unknown_policy_is_refused():
+    with pytest.raises(FeatxError, match="invalid preprocessing policy 'letterbox'"):
+        Preprocess(224, 256, policy="letterbox")
+    spec = spec_dict(Preprocess(224, 256)) | {"policy": "letterbox"}
+    with pytest.raises(ValueError, match="policy must be resize_shorter_center_crop or"):
+        _runner.preprocess_rgb(np.zeros((8, 8, 3), np.uint8), spec)
 
 
 SCALAR_CONFIGS = [

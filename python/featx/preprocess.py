@@ -19,10 +19,12 @@ from featx.runtime.metadata import Preprocess
 
 def reference_transform(preprocess: Preprocess) -> Callable[[Image.Image], torch.Tensor]:
     """PIL RGB image -> normalised (3, crop, crop) float32 tensor, torchvision eval style."""
+    squash = preprocess.policy == "resize_squash_center_crop"
+    size = preprocess.resize_size
     return transforms.Compose(
         [
             transforms.Resize(
-                preprocess.resize_size,
+                (size, size) if squash else size,
                 interpolation=InterpolationMode(preprocess.interpolation),
                 antialias=True,
             ),

@@ -23,6 +23,10 @@ PREFIX = "featx."
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+POLICIES = ("resize_shorter_center_crop", "resize_squash_center_crop")
+"""Values of ``Preprocess.policy``: resize the shorter side to ``resize_size`` keeping the aspect
+ratio (torchvision's eval transform, timm's crop_mode 'center'), or resize both sides to it
+(timm's crop_mode 'squash'); then center-crop."""
 POOLINGS = ("avg", "max", "gem", "cls", "none")
 """Values of ``featx.pooling``: how the feature layer's output becomes one vector per image."""
 
@@ -34,6 +38,7 @@ class Preprocess:
     Policy ``resize_shorter_center_crop``: decode to RGB, resize so the shorter side is
     ``resize_size`` (antialiased, ``interpolation``), center-crop ``crop_size`` x ``crop_size``,
     scale pixels to [0, 1], subtract ``mean`` and divide by ``std`` per channel; NCHW float.
+    ``resize_squash_center_crop`` resizes both sides to ``resize_size`` instead.
     """
 
     crop_size: int
@@ -54,6 +59,11 @@ class Preprocess:
             raise FeatxError(
                 f"invalid preprocessing interpolation {self.interpolation!r}; "
                 f"expected one of {', '.join(INTERPOLATIONS)}"
+            )
+        if self.policy not in POLICIES:
+            raise FeatxError(
+                f"invalid preprocessing policy {self.policy!r}; expected one of "
+                f"{', '.join(POLICIES)} (a file from a newer featx?)"
             )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise FeatxError(

@@ -16,6 +16,7 @@ def spec_dict(preprocess: Preprocess, output: str = "float32") -> dict[str, Any]
         "crop_size": preprocess.crop_size,
         "resize_size": preprocess.resize_size,
         "interpolation": preprocess.interpolation,
+        "policy": preprocess.policy,
         "mean": list(preprocess.mean),
         "std": list(preprocess.std),
         "output": output,
