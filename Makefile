@@ -12,7 +12,7 @@ RUNTIME_PY := $(RUNTIME_VENV)/bin/python
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-runtime lint format bench bench-gpu bench-extract bench-pytest \
-	bench-export bench-startup test-fixtures clean
+	bench-export bench-timm bench-startup test-fixtures clean
 
 setup: $(INSTALLED)
 
@@ -52,6 +52,9 @@ format: setup
 # Rewrites tests/runtime/fixtures (see its README) after a change to the exporter or its schema.
 test-fixtures: setup
 	$(PY) scripts/make-test-fixtures.py
+
+bench-timm: setup
+	$(PY) benchmarks/timm_report.py --output benchmarks/results/timm-cpu.json
 
 bench-export: setup
 	$(PY) benchmarks/export_report.py --output benchmarks/results/export-cpu.json

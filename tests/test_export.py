@@ -128,8 +128,10 @@ def test_trusted_pickled_module_and_pt2_program_export(tmp_path):
     torch.save(model, tmp_path / "whole.pt")
     result = featx.export(tmp_path / "whole.pt", trust_pickle=True, input_size=32)
     assert result.metadata.source["kind"] == "pickle"
-    assert result.metadata.layer == "embed.4"  # the node feeding the final nn.Linear
-    assert result.metadata.embedding_dim == 128
+    # A model featx does not know by name embeds as its own forward returns: here, its logits.
+    assert result.metadata.layer == "output"
+    assert result.metadata.embedding_dim == model.classifier.out_features
+    assert "the model's own output" in result.metadata.layer_reason
 
     batch = {"images": {0: torch.export.Dim("batch")}}
     program = torch.export.export(model, (torch.randn(2, 3, 32, 32),), dynamic_shapes=batch)

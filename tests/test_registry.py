@@ -43,15 +43,18 @@ def test_declared_feature_info_matches_the_traced_model(name):
     assert layout.stride == extractor.feature_info.stride
 
 
-def test_any_torchvision_classifier_gets_generic_penultimate_defaults():
+def test_any_torchvision_classifier_gets_its_classifier_input_by_default():
     extractor = get_extractor("shufflenet_v2_x0_5")
     assert not extractor.curated
+    assert extractor.embedding == "classifier"
     transform = get_model_weights("shufflenet_v2_x0_5").DEFAULT.transforms()
     assert extractor.preprocess.crop_size == transform.crop_size[0]
     assert extractor.preprocess.resize_size == transform.resize_size[0]
     model = extractor.build_model()
-    _, layout = build_feature_model(model, layer=None, pool="none", normalize=False, input_size=224)
-    assert layout.layer == "mean"  # the node feeding the final classifier `fc`
+    _, layout = build_feature_model(
+        model, layer=None, pool="none", normalize=False, input_size=224, embedding="classifier"
+    )
+    assert layout.layer == "input of fc"
     assert layout.embedding_dim == model.fc.in_features
 
 

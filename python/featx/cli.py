@@ -107,11 +107,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
         "output": str(result.path),
         "arch": result.metadata.arch,
         "layer": result.metadata.layer,
+        "layer_reason": result.metadata.layer_reason,
         "pooling": result.metadata.pooling,
         "embedding_dim": result.metadata.embedding_dim,
         "dtype": result.metadata.dtype,
         "bn_folded": len(result.fold.folded),
         "dropouts_removed": result.fold.dropouts_removed,
+        "reparameterized": len(result.fold.reparameterized),
         "fold_skipped": result.fold.skipped,
         "file_bytes": result.file_bytes,
         "convert_seconds": round(result.convert_seconds, 3),
@@ -136,8 +138,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     gate = result.parity.gate
     rel = f", max-abs/scale <= {gate.max_rel:.0e}" if gate.max_rel is not None else ""
     stdout.print(f"gate: cosine >= {gate.min_cosine}{rel}: passed")
+    if result.fold.reparameterized:
+        stdout.print(
+            f"re-parameterised {len(result.fold.reparameterized)} blocks into their "
+            "single-branch inference form"
+        )
     for reason in result.fold.skipped:
         stdout.print(f"[yellow]not folded[/]: {reason}")
+    stdout.print(
+        f"embedding: {result.metadata.layer} ({result.metadata.layer_reason})", markup=False
+    )
     stdout.print(
         f"wrote {result.path} ({result.file_bytes / 2**20:.1f} MiB): {result.metadata.arch} "
         f"layer {result.metadata.layer} pool {result.metadata.pooling} -> "
@@ -157,7 +167,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 {
-                    key: json.loads(value) if value[:1] in "[{" else value
+                    key: json.loads(value) if value.startswith(("[", "{")) else value
                     for key, value in props.items()
                 },
                 indent=2,
@@ -203,16 +213,30 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
-    from featx.features import layer_names
+    from featx.features import CLASSIFIER_INPUT, OUTPUT, PRE_LOGITS, default_layer, layer_names
     from featx.models import get_extractor
     from featx.models.checkpoint import load_model
 
     if Path(args.model).exists():
-        module = load_model(args.model, arch=args.arch, trust_pickle=args.trust_pickle).module
+        loaded = load_model(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
+        module, extractor = loaded.module, loaded.extractor
     else:
-        module = get_extractor(args.model).build_model()
+        extractor = get_extractor(args.model)
+        module = extractor.build_model()
+    default = default_layer(module, extractor.layer, extractor.embedding)
+    head = default.removeprefix(CLASSIFIER_INPUT)
+    marks = (
+        {head: "<- the classifier: the default embedding is its input"}
+        if head != default
+        else {default: "<- the default embedding"}
+    )
     for name in layer_names(module):
-        print(name)
+        print(f"{name}  {marks[name]}" if name in marks else name)
+    why = {
+        OUTPUT: "the model's own output, as its forward returns it",
+        PRE_LOGITS: "timm's forward_head(pre_logits=True): the head without its classifier",
+    }
+    print(f"default embedding: {default}" + (f" ({why[default]})" if default in why else ""))
     return 0
 
 

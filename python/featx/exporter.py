@@ -23,9 +23,15 @@ import torch
 from torch import fx, nn
 
 from featx._version import __version__
-from featx.features import FeatureLayout, build_feature_model
+from featx.features import (
+    CLASSIFIER_INPUT,
+    PRE_LOGITS,
+    FeatureLayout,
+    build_feature_model,
+    trace_whole,
+)
 from featx.fold import FoldReport, fold_batchnorm
-from featx.models.checkpoint import load_model
+from featx.models.checkpoint import LoadedModel, load_model
 from featx.options import DEFAULT_OPSET, EXPORTERS, MIN_OPSET
 from featx.parity import ParityGate, ParityReport, compare, parity_inputs
 from featx.runtime.errors import FeatxError, ParityError
@@ -110,14 +116,19 @@ def export(
         pool=pool if pool is not None else extractor.pool,
         normalize=normalize,
         input_size=preprocess.crop_size,
+        embedding=extractor.embedding,
     )
 
     stage("folding BatchNorm")
     inference = copy.deepcopy(reference)
+    reparameterized = extractor.deploy(inference.body) if extractor.deploy else []
+    if not isinstance(inference.body, fx.GraphModule):
+        inference.body = trace_whole(inference.body, preprocess.crop_size) or inference.body
     if isinstance(inference.body, fx.GraphModule):
         fold = fold_batchnorm(inference.body)
     else:
         fold = FoldReport(skipped=["model is not traceable by torch.fx; nothing folded"])
+    fold.reparameterized = reparameterized
     if fp16:
         inference = HalfPrecision(inference, half_io=fp16_io).eval()
 
@@ -147,6 +158,7 @@ def export(
         featx_version=__version__,
         arch=loaded.arch,
         layer=layout.layer,
+        layer_reason=embedding_reason(layout, loaded, asked=layer is not None),
         pooling=reference.pool.kind,
         normalize=normalize,
         preprocess=preprocess,
@@ -159,6 +171,7 @@ def export(
             **loaded.source,
             "exporter": exporter,
             "torch": torch.__version__,
+            **({"reparameterized": len(reparameterized)} if reparameterized else {}),
         },
         parity=report.to_dict(),
     )
@@ -175,6 +188,30 @@ def export(
         total_seconds=time.perf_counter() - started,
         file_bytes=out_path.stat().st_size,
     )
+
+
+def embedding_reason(layout: FeatureLayout, loaded: LoadedModel, asked: bool) -> str:
+    """Why the embedding is the tensor it is, as the export prints it and the metadata keeps it."""
+    if layout.rule == "layer":
+        return "asked for with --layer" if asked else f"the feature layer of {loaded.arch}"
+    if layout.rule == "classifier":
+        head = layout.layer.removeprefix(CLASSIFIER_INPUT)
+        return (
+            f"{loaded.arch}'s classifier {head} removed: the embedding is its input, as the "
+            "model computes it"
+        )
+    if layout.rule == PRE_LOGITS:
+        return (
+            f"timm's pre-logits features of {loaded.arch} (forward_head(pre_logits=True)), what "
+            "the model gives with num_classes=0"
+        )
+    reason = (
+        f"the model's own output: featx knows no classifier of this {loaded.source['kind']} "
+        "(--layer NAME, or --arch NAME for a known architecture, takes another tensor)"
+    )
+    if not layout.traced:
+        reason += "; torch.fx cannot trace it, so it is exported whole, BatchNorm not folded"
+    return reason
 
 
 def check_parity(
@@ -261,7 +298,7 @@ def _run_exporter(
                 opset_version=opset,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
-                dynamic_shapes={INPUT_NAME: {0: batch}},
+                dynamic_shapes=({0: batch},),  # by position: forward's argument may have any name
                 external_data=False,
             )
             return program.model_proto

@@ -53,6 +53,7 @@ class TorchRunner:
             loaded.module,
             layer=extractor.layer,
             pool=extractor.pool,
+            embedding=extractor.embedding,
             normalize=False,
             input_size=self.preprocess.crop_size,
         )

@@ -67,6 +67,7 @@ class ModelAssets:
             self.module,
             layer=extractor.layer,
             pool=extractor.pool,
+            embedding=extractor.embedding,
             normalize=False,
             input_size=self.preprocess.crop_size,
         )

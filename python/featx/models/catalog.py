@@ -1,11 +1,12 @@
-"""Looking up an architecture by name: the curated extractors first, then any torchvision
-classification model with generic defaults (featx.models.torchvision_models)."""
+"""Looking up an architecture by name: ``timm:NAME`` for timm models (featx.models.timm_models),
+the curated extractors, then any torchvision classification model with generic defaults
+(featx.models.torchvision_models)."""
 
 from __future__ import annotations
 
 import difflib
 
-from featx.models import seeds, torchvision_models
+from featx.models import seeds, timm_models, torchvision_models
 from featx.models.registry import Extractor, curated, curated_names
 from featx.runtime.errors import FeatxError
 
@@ -19,7 +20,10 @@ def list_extractors() -> list[str]:
 
 
 def get_extractor(name: str) -> Extractor:
-    """The curated extractor ``name``, else generic defaults for a torchvision model ``name``."""
+    """The curated extractor ``name``, else timm's ``timm:NAME``, else generic defaults for a
+    torchvision model ``name``."""
+    if name.startswith(timm_models.TIMM_PREFIX):
+        return timm_models.timm_extractor(name)
     extractor = curated(name)
     if extractor is not None:
         return extractor
@@ -31,5 +35,5 @@ def get_extractor(name: str) -> Extractor:
     raise FeatxError(
         f"unknown architecture {name!r}: it is neither a featx extractor nor a torchvision "
         f"classification model.{hint} `featx models` lists the curated extractors; any name "
-        "from torchvision.models.list_models() also works."
+        "from torchvision.models.list_models() also works, and timm:NAME any timm model."
     )

@@ -7,6 +7,7 @@ A featx checkpoint is ``{"arch": str, "state_dict": {...}, "featx": {...}}``, re
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import io
 import pickle
@@ -18,9 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from featx.models import timm_models
 from featx.models.catalog import get_extractor
 from featx.models.registry import Extractor
-from featx.runtime.errors import FeatxError
+from featx.runtime.errors import FeatxError, missing_extra
 from featx.runtime.files import file_sha256, write_atomic
 from featx.runtime.metadata import Preprocess
 
@@ -73,14 +75,23 @@ def load_model(
     path = Path(path)
     if not path.exists():
         raise FeatxError(f"no such file: {path}")
+    if timm_models.is_hub_folder(path):
+        return _load_timm_hub(path, arch)
     if not path.is_file():
-        raise FeatxError(f"{path} is a directory; featx-export takes a model file (.pt, .pt2)")
+        raise FeatxError(
+            f"{path} is a directory; featx-export takes a model file (.pt, .pt2, .safetensors) "
+            f"or a timm hub folder ({timm_models.HUB_CONFIG} beside the weights)"
+        )
     source = {"file": path.name, "sha256": file_sha256(path)}
+    if path.suffix == ".safetensors":
+        return _load_state_dict(path, _read_safetensors(path), arch, source)
 
     if path.suffix == ".pt2" or _is_exported_program(path):
         return _load_exported_program(path, arch, trust_pickle, source)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # timm's training checkpoints keep their argparse arguments beside the tensors.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if not trust_pickle:
             raise FeatxError(
@@ -97,8 +108,10 @@ def load_model(
             "`featx train`."
         ) from err
 
-    if isinstance(obj, dict) and "arch" in obj and "state_dict" in obj:
+    if isinstance(obj, dict) and {"arch", "state_dict", "featx"} <= obj.keys():
         return _load_featx_checkpoint(path, obj, arch, source)
+    if isinstance(obj, dict) and {"arch", "state_dict", "epoch"} <= obj.keys():
+        return _load_timm_training_checkpoint(path, obj, arch, source)
     state_dict = _unwrap_state_dict(obj)
     if state_dict is None:
         raise FeatxError(
@@ -106,15 +119,74 @@ def load_model(
             "nor a state_dict of tensors. Save model.state_dict() (and pass --arch) or use "
             "`featx train`."
         )
+    return _load_state_dict(path, state_dict, arch, source)
+
+
+def _load_state_dict(
+    path: Path, state_dict: dict[str, torch.Tensor], arch: str | None, source: dict[str, Any]
+) -> LoadedModel:
     if arch is None:
         raise FeatxError(
             f"{path} is a plain state_dict ({len(state_dict)} tensors) and does not say which "
             "architecture it belongs to: pass --arch NAME (`featx models` lists the curated "
-            "ones; any torchvision classification model name works)."
+            "ones; any torchvision classification model name works, and timm:NAME any timm "
+            "model)."
         )
     extractor = get_extractor(arch)
     module = _build_and_load(extractor, state_dict, None, path)
     return LoadedModel(module, extractor, {**source, "kind": "state_dict"})
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ModuleNotFoundError as err:
+        extra = missing_extra(err, f"reading {path.name}")
+        if extra is None:
+            raise
+        raise extra from err
+    try:
+        return load_file(path)
+    except Exception as err:
+        raise FeatxError(
+            f"{path} is not a readable safetensors file ({type(err).__name__}: {_first_line(err)})"
+        ) from err
+
+
+def _load_timm_hub(path: Path, arch: str | None) -> LoadedModel:
+    extractor, weights, num_classes = timm_models.hub_extractor(path)
+    if arch is not None and arch != extractor.name:
+        raise FeatxError(
+            f"{path} is a timm hub folder of {extractor.name!r}, but --arch {arch!r} was given; "
+            f"drop --arch (its {timm_models.HUB_CONFIG} says the architecture)."
+        )
+    source = {"file": weights.name, "sha256": file_sha256(weights), "kind": "timm_hub"}
+    if weights.suffix == ".safetensors":
+        state_dict = _read_safetensors(weights)
+    else:
+        state_dict = _unwrap_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        if state_dict is None:
+            raise FeatxError(f"{weights} holds no state_dict of tensors")
+    module = _build_and_load(extractor, state_dict, num_classes, weights)
+    return LoadedModel(module, extractor, source)
+
+
+def _load_timm_training_checkpoint(
+    path: Path, obj: dict[str, Any], arch: str | None, source: dict[str, Any]
+) -> LoadedModel:
+    """A checkpoint written by timm's train.py: ``arch`` is the timm model name."""
+    stored = timm_models.TIMM_PREFIX + str(obj["arch"])
+    if arch is not None and arch != stored:
+        raise FeatxError(
+            f"{path} is a timm training checkpoint of {stored!r}, but --arch {arch!r} was "
+            "given; drop --arch (the checkpoint says its own)."
+        )
+    extractor = get_extractor(stored)
+    state_dict = _unwrap_state_dict(obj["state_dict"])
+    if state_dict is None:
+        raise FeatxError(f"{path}: the checkpoint's 'state_dict' entry holds no tensors")
+    module = _build_and_load(extractor, state_dict, None, path)
+    return LoadedModel(module, extractor, {**source, "kind": "timm_checkpoint"})
 
 
 def _load_featx_checkpoint(
@@ -148,9 +220,17 @@ def _build_and_load(
     extractor: Extractor, state_dict: dict[str, torch.Tensor], num_classes: int | None, path: Path
 ) -> nn.Module:
     model = extractor.build_model(num_classes)
-    head = _final_linear_name(model)
+    head = _head_name(model)
     head_weight = state_dict.get(f"{head}.weight") if head else None
     if (
+        num_classes is None
+        and head is not None
+        and head_weight is None
+        and hasattr(model, "reset_classifier")
+    ):
+        # A timm model saved with num_classes=0 has no classifier weights.
+        model.reset_classifier(0)
+    elif (
         num_classes is None
         and head_weight is not None
         and head_weight.dim() == 2
@@ -187,6 +267,14 @@ def _build_and_load(
 def _load_pickled_module(path: Path, arch: str | None, source: dict[str, Any]) -> LoadedModel:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as err:
+        extra = missing_extra(err, f"unpickling {path.name}")
+        if extra is None:
+            raise FeatxError(
+                f"{path} could not be unpickled: it refers to module {err.name!r}, which is "
+                "not importable here"
+            ) from err
+        raise extra from err
     except Exception as err:
         raise FeatxError(
             f"{path} could not be unpickled even with --trust-pickle "
@@ -256,14 +344,17 @@ class ExportedProgramModel(nn.Module):
 
 
 def _untyped_extractor(module: nn.Module, arch: str | None) -> Extractor:
-    """Defaults for a model object that names no arch: the given --arch's, else generic ones."""
+    """Defaults for a model object: the given --arch's, a timm model's own, else its own output
+    as it is."""
     if arch is not None:
         return dataclasses.replace(get_extractor(arch), build=lambda _: module)
+    if timm_models.is_timm_module(module):
+        return timm_models.timm_module_extractor(module)
     return Extractor(
         name=type(module).__name__,
         build=lambda _: module,
         layer=None,
-        pool="none",
+        pool=None,
         preprocess=Preprocess(crop_size=224, resize_size=256),
         feature_info=None,
         description="user model object",
@@ -286,6 +377,17 @@ def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
+
+
+def _head_name(model: nn.Module) -> str | None:
+    """The classifier: the one a timm model's pretrained_cfg names, else the final nn.Linear."""
+    named = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    if isinstance(named, (tuple, list)):
+        named = named[0] if named else None
+    modules = dict(model.named_modules())
+    if isinstance(named, str) and isinstance(modules.get(named), nn.Linear):
+        return named
+    return _final_linear_name(model)
 
 
 def _final_linear_name(model: nn.Module) -> str | None:

@@ -23,6 +23,10 @@ class FeatureInfo:
     stride: int
 
 
+EMBEDDINGS = ("output", "classifier", "pre_logits")
+"""The default-embedding rules (featx.features.build_feature_model applies them)."""
+
+
 @dataclass(frozen=True)
 class Extractor:
     """A model architecture plus its curated feature-extraction defaults."""
@@ -30,11 +34,20 @@ class Extractor:
     name: str
     build: Callable[[int | None], nn.Module]
     layer: str | None
-    pool: str
+    """The feature layer; None: the tensor ``embedding`` names."""
+    pool: str | None
+    """None: the embedding is used as it is and must be one vector per image."""
     preprocess: Preprocess
     feature_info: FeatureInfo | None
     description: str = ""
     curated: bool = True
+    deploy: Callable[[nn.Module], list[str]] | None = None
+    """Puts a built model into its inference form in place before BatchNorm folding (timm's
+    re-parameterisable blocks) and returns the names of the blocks it changed."""
+    embedding: str = "output"
+    """The default embedding when no layer is named (one of EMBEDDINGS): the model's own
+    ``output``; its ``classifier``'s input, for archs whose classifier featx knows; timm's
+    ``pre_logits`` features."""
 
     def build_model(self, num_classes: int | None = None) -> nn.Module:
         """A randomly initialised model (no download); ``num_classes`` sizes the head."""

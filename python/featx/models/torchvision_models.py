@@ -42,8 +42,8 @@ def _builder(name: str):
 
 
 def generic_torchvision_extractor(name: str) -> Extractor:
-    """A torchvision model outside the curated list: the input of its final classification
-    layer (penultimate features), resolved when the model is traced."""
+    """A torchvision model outside the curated list: the input of its classifier head as the
+    model computes it (featx.features.classifier_head)."""
     return Extractor(
         name=name,
         build=_builder(name),
@@ -51,8 +51,9 @@ def generic_torchvision_extractor(name: str) -> Extractor:
         pool="none",
         preprocess=default_preprocess(name),
         feature_info=None,
-        description=f"torchvision {name}, penultimate features (generic defaults)",
+        description=f"torchvision {name}, its classifier's input (generic defaults)",
         curated=False,
+        embedding="classifier",
     )
 
 
@@ -64,7 +65,8 @@ _CURATED = [
     ("vit_b_16", "encoder", "cls", 768, 16, "ViT-B/16, class token after the final LayerNorm"),
     ("mobilenet_v3_large", "features", "avg", 960, 32, "MobileNetV3-Large, pooled last stage"),
     ("efficientnet_b0", "features", "avg", 1280, 32, "EfficientNet-B0, pooled last stage"),
-    ("convnext_tiny", "features", "avg", 768, 32, "ConvNeXt-Tiny, pooled last stage"),
+    # ConvNeXt's classifier starts with its own LayerNorm: the embedding is taken after it.
+    ("convnext_tiny", "classifier.1", "none", 768, 0, "ConvNeXt-Tiny, pooled + normed last stage"),
 ]
 
 for _name, _layer, _pool, _dim, _stride, _description in _CURATED:

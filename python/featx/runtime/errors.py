@@ -29,6 +29,7 @@ ONNXRUNTIME_EXTRAS = "'featx[cpu]' (onnxruntime) or 'featx[gpu]' (onnxruntime-gp
 TORCH_EXTRA = "'featx[torch]'"
 EXTRA_OF_MODULE = {
     "onnxruntime": ONNXRUNTIME_EXTRAS,
+    **dict.fromkeys(("timm", "safetensors"), "'featx[timm]'"),
     **dict.fromkeys(
         ("torch", "torchvision", "triton", "onnx", "onnxscript", "sklearn", "matplotlib"),
         TORCH_EXTRA,

@@ -110,6 +110,8 @@ class ModelMetadata:
     bn_folded: int = 0
     source: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
+    layer_reason: str = ""
+    """Why ``layer`` is the embedding (which rule chose it; featx.features)."""
 
     def to_props(self) -> dict[str, str]:
         values: dict[str, Any] = {
@@ -117,6 +119,7 @@ class ModelMetadata:
             "version": self.featx_version,
             "arch": self.arch,
             "layer": self.layer,
+            "layer_reason": self.layer_reason,
             "pooling": self.pooling,
             "normalize": self.normalize,
             "input_size": list(self.preprocess.input_shape),
@@ -166,6 +169,7 @@ class ModelMetadata:
                 bn_folded=int(value.get("bn_folded", "0")),
                 source=json.loads(value.get("source", "{}")),
                 parity=json.loads(value.get("parity", "{}")),
+                layer_reason=value.get("layer_reason", ""),
             )
         except (KeyError, ValueError, TypeError) as err:
             raise FeatxError(

@@ -24,3 +24,21 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
                 module.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
                 module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
     return model
+
+
+TIMM_ARCHS = {
+    "resnet18": "CNN",
+    "mobilenetv3_small_100": "mobile net",
+    "convnext_atto": "ConvNeXt",
+    "deit_tiny_distilled_patch16_224": "plain ViT, distillation token",
+    "levit_128s": "hybrid, BatchNorm inside attention",
+    "fastvit_t8": "hybrid, re-parameterisable blocks",
+    "efficientnet_b0": "CNN, squeeze-excitation, BatchNormAct",
+    "vit_small_patch14_reg4_dinov2": "DINOv2 ViT: register tokens, LayerScale, 518 input",
+    "cait_xxs24_224": "class-attention, LayerScale",
+    "swin_tiny_patch4_window7_224": "hierarchical: shifted windows, relative position bias",
+    "eva02_tiny_patch14_224": "EVA-02: rotary embeddings, SwiGLU",
+    "mobilevit_xxs": "mobile hybrid (traced with timm's leaf modules)",
+}
+"""The timm architectures featx is checked on (tests/test_timm.py, benchmarks/timm_report.py);
+the first six are the default suite's representative half."""

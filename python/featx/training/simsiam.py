@@ -25,7 +25,12 @@ def build_simsiam(extractor: Extractor, input_size: int) -> tuple[nn.Module, Sim
     if isinstance(model, SimSiam):
         return model, model
     encoder, layout = build_feature_model(
-        model, layer=extractor.layer, pool=extractor.pool, normalize=False, input_size=input_size
+        model,
+        layer=extractor.layer,
+        pool=extractor.pool,
+        normalize=False,
+        input_size=input_size,
+        embedding=extractor.embedding,
     )
     return model, SimSiam(encoder, encoder_dim=layout.embedding_dim)
 
