@@ -236,3 +236,39 @@ def test_photo_through_featx_extract_equals_timm_transform_then_model(tmp_path):
     min_cosine, max_rel = _figures(expected, actual)
     assert min_cosine >= FP32_MIN_COSINE
     assert max_rel <= FP32_MAX_REL
+
+
+def test_featx_train_on_a_timm_arch_exports_the_trained_pre_logits(tmp_path):
+    """featx train --arch timm:NAME fine-tunes the timm model; its checkpoint exports the
+    trained model's pre-logits features, not the head's logits."""
+    data = tmp_path / "data"
+    for label, photo in enumerate(sorted(parity_photos())[:2]):
+        (data / str(label)).mkdir(parents=True)
+        for turn in range(6):
+            image = parity_photos()[photo].convert("RGB").rotate(turn * 30)
+            image.save(data / str(label) / f"{turn}.jpg")
+    torch.manual_seed(0)
+    trained = featx.train(
+        data,
+        "timm:resnet18",
+        tmp_path / "r18.pt",
+        strategy="partial",
+        blocks=1,
+        epochs=1,
+        batch_size=4,
+        image_size=32,
+        progress=False,
+    )
+    result = featx.export(trained.checkpoint, tmp_path / "r18.onnx")
+    assert (result.metadata.arch, result.metadata.layer) == ("timm:resnet18", "pre_logits")
+    assert result.metadata.preprocess.crop_size == 32
+    state = torch.load(trained.checkpoint, weights_only=True)["state_dict"]
+    oracle = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
+    oracle.load_state_dict(state, strict=False)
+    images = _images(32)
+    with torch.no_grad():
+        expected = oracle(images).numpy()
+    min_cosine, max_rel = _figures(expected, featx.Runner(result.path).run(images.numpy()))
+    assert expected.shape[1] == 512
+    assert min_cosine >= FP32_MIN_COSINE
+    assert max_rel <= FP32_MAX_REL
