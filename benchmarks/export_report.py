@@ -10,16 +10,14 @@ folding is exercised. Times are wall-clock on this machine: `convert` is torch.o
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
 import featx
-from featx.bench.environment import environment
+from featx.bench.report import show_and_write_rows
 from featx.models import get_extractor, list_extractors
 from featx.models.checkpoint import save_checkpoint
 from featx.testing.models import randomize_batchnorm
@@ -59,18 +57,7 @@ def main() -> None:
             with console.status(f"exporting {arch}"):
                 rows.append(export_row(arch, Path(tmp), args.fp16))
 
-    table = Table(title="featx-export per registered extractor")
-    for column in rows[0]:
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(
-            *(f"{v:.2e}" if isinstance(v, float) and v < 0.01 else str(v) for v in row.values())
-        )
-    console.print(table)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
-        console.print(f"wrote {args.output}")
+    show_and_write_rows(console, "featx-export per registered extractor", rows, args.output)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ largest difference (normalised units) between featx's C++ pipeline and timm's ev
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -22,11 +21,10 @@ import numpy as np
 import timm
 import torch
 from rich.console import Console
-from rich.table import Table
 
 import featx
 from featx import _runner
-from featx.bench.environment import environment
+from featx.bench.report import show_and_write_rows
 from featx.models import get_extractor
 from featx.runtime.pipeline import spec_dict
 from featx.testing.images import parity_photos
@@ -103,16 +101,9 @@ def main() -> None:
                 rows.append(row)
                 console.print(row)
 
-    table = Table(title="featx-export --arch timm:NAME vs timm's num_classes=0 model")
-    for column in rows[0]:
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
-    console.print(table)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
-        console.print(f"wrote {args.output}")
+    show_and_write_rows(
+        console, "featx-export --arch timm:NAME vs timm's num_classes=0 model", rows, args.output
+    )
 
 
 if __name__ == "__main__":

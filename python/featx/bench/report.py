@@ -16,6 +16,7 @@ from rich.table import Table
 
 from featx.bench.backends import Prepared
 from featx.bench.cases import Case
+from featx.bench.environment import environment
 from featx.bench.timing import Timing
 from featx.runtime.files import write_atomic
 
@@ -158,6 +159,27 @@ def _any_cuda(document: dict) -> bool:
 
 def write_json(document: dict, path: Path) -> None:
     write_atomic(path, (json.dumps(document, indent=1) + "\n").encode())
+
+
+def show_and_write_rows(console: Console, title: str, rows: list[dict], path: Path | None) -> None:
+    """A report script's rows (plain dicts, one key set) as a rich table, and, with ``path``,
+    as ``{"environment", "rows"}`` JSON written atomically."""
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*(_figure(value) for value in row.values()))
+    console.print(table)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json({"environment": environment(), "rows": rows}, path)
+        console.print(f"wrote {path}")
+
+
+def _figure(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.2e}" if abs(value) < 0.01 else f"{value:.7g}"
+    return str(value)
 
 
 def write_plot(document: dict, path: Path) -> None:
