@@ -2,12 +2,17 @@
 output formats, one job per folder, crash safety (tests that hold the job so that it cannot
 finish before the signal lands)."""
 
+import errno
 import json
 import os
 import selectors
+import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime
@@ -17,6 +22,7 @@ from PIL import Image
 from runtime_support import cosines, featx_command, held_input, read_npy_output
 
 import featx
+from featx.runtime.errors import OutputWriteError
 from featx.runtime.extract import extract
 from featx.runtime.inputs import list_inputs
 from featx.runtime.ort_config import cpu_session
@@ -110,6 +116,7 @@ def test_another_job_in_the_same_outdir_is_refused(model, fixture_photos, tmp_pa
     summary = extract(model, fewer, out, overwrite=True, progress=False)
     assert summary.rows == 3
     assert sorted(p.name for p in out.iterdir()) == [
+        ".featx.lock",
         "errors.jsonl",
         "features-00000.npy",
         "ids-00000.json",
@@ -239,3 +246,127 @@ def test_cuda_device_runs_where_available_and_fails_clearly_elsewhere(model):
     cuda = featx.Runner(model, device="cuda")
     assert cuda.provider == "CUDAExecutionProvider"
     assert cosines(featx.Runner(model).run(images), cuda.run(images)).min() >= MIN_COSINE
+
+
+def test_one_run_per_output_folder_and_a_killed_run_never_blocks_the_next(
+    model, held_corpus, tmp_path
+):
+    inputs, release = held_corpus
+    out = tmp_path / "out"
+    first = subprocess.Popen(_extract_command(model, inputs, out))
+    _wait_for_shards(out, 2, first)
+    second = subprocess.run(_extract_command(model, inputs, out), capture_output=True, text=True)
+    assert second.returncode == 2, second.stderr
+    assert "being written by another featx extract" in second.stderr
+    assert f"pid {first.pid} on {socket.gethostname()}, started " in second.stderr
+    assert first.poll() is None  # the refused run touched nothing of the first one's
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    release()
+    third = subprocess.run(_extract_command(model, inputs, out), capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr
+    assert "resuming" in third.stderr
+    manifest, ids, _ = read_npy_output(out)
+    assert manifest["complete"]
+    assert len(ids) == 97
+
+
+def _can_mount_tmpfs(folder):
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {shlex.quote(folder)}"],
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+def test_a_full_or_read_only_disk_stops_clearly_keeps_finished_shards_and_resumes(
+    model, corpus, tmp_path
+):
+    """On a real 64 KiB tmpfs (in a private mount namespace): the disk fills after a few shards;
+    then, read-only, the rerun is refused; then, with room, the rerun resumes to the output of an
+    uninterrupted run."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("unshare") is None or not _can_mount_tmpfs(str(disk)):
+        pytest.skip("needs unshare and a mountable tmpfs (user namespaces)")
+    reference = tmp_path / "reference"
+    assert subprocess.run(_extract_command(model, corpus, reference)).returncode == 0
+    _, expected_ids, expected = read_npy_output(reference)
+
+    extract_there = shlex.join(map(str, _extract_command(model, corpus, disk / "out")))
+    steps = {
+        "full": "",
+        "read-only": "mount -o remount,ro {disk}",
+        "roomy": "mount -o remount,rw,size=16m {disk}",
+    }
+    script = [f"mount -t tmpfs -o size=64k tmpfs {disk} || exit 99"]
+    for step, before in steps.items():
+        script += [
+            before.format(disk=disk),
+            f"{extract_there} 2> {tmp_path / step}.err; echo $? > {tmp_path / step}.rc",
+            f"cp -a {disk / 'out'} {tmp_path / step}",
+        ]
+    ran = subprocess.run(["unshare", "-rm", "sh", "-c", "\n".join(script)])
+    assert ran.returncode == 0
+
+    def outcome(step):
+        return int((tmp_path / f"{step}.rc").read_text()), (tmp_path / f"{step}.err").read_text()
+
+    code, message = outcome("full")
+    assert code == OutputWriteError.exit_code, message
+    assert "the file system is full (ENOSPC)" in message
+    assert "free." in message
+    assert "Free space there" in message
+    assert "resume" in message
+    after_full = tmp_path / "full"
+    manifest, ids, features = read_npy_output(after_full)  # every listed shard is intact
+    assert 1 <= len(manifest["shards"]) < 12
+    listed = {name for s in manifest["shards"] for name in s["files"].values()}
+    shard_files = {p.name for p in after_full.iterdir() if p.name.startswith(("features", "ids"))}
+    assert shard_files == listed  # the shard in flight left nothing behind
+    assert not [p for p in os.listdir(after_full) if ".tmp-" in p]
+    assert ids == expected_ids[: len(ids)]
+    np.testing.assert_array_equal(features, expected[: len(ids)])
+
+    code, message = outcome("read-only")
+    assert code == OutputWriteError.exit_code, message
+    assert "read-only (EROFS)" in message
+    assert "Make the folder writable" in message
+
+    code, message = outcome("roomy")
+    assert code == 0, message
+    assert "resuming" in message
+    manifest, ids, features = read_npy_output(tmp_path / "roomy")
+    assert manifest["complete"]
+    assert ids == expected_ids
+    np.testing.assert_array_equal(features, expected)
+
+
+def test_a_refused_write_is_reported_and_the_rerun_resumes(model, corpus, tmp_path, monkeypatch):
+    """Permission denied, injected at the rename that finishes shard 3's features file (where a
+    tmpfs cannot show it: root may write anywhere)."""
+    reference = extract(
+        model, corpus, tmp_path / "reference", batch_size=4, shard_size=8, progress=False
+    )
+    out = tmp_path / "out"
+    rename = os.replace
+
+    def refuse_shard_3(source, target):
+        if Path(target).name == "features-00003.npy":
+            raise PermissionError(errno.EACCES, "Permission denied", str(target))
+        rename(source, target)
+
+    monkeypatch.setattr(os, "replace", refuse_shard_3)
+    with pytest.raises(
+        OutputWriteError, match=r"features-00003.npy: permission denied \(EACCES\)"
+    ) as err:
+        extract(model, corpus, out, batch_size=4, shard_size=8, progress=False)
+    assert "3 of 12 shards are finished" in str(err.value)
+    assert "Make the folder writable" in str(err.value)
+    monkeypatch.undo()
+    resumed = extract(model, corpus, out, batch_size=4, shard_size=8, progress=False)
+    assert resumed.resumed_inputs == 24
+    assert resumed.rows == reference.rows == 96
+    np.testing.assert_array_equal(
+        read_npy_output(out)[2], read_npy_output(tmp_path / "reference")[2]
+    )

@@ -15,6 +15,19 @@ class ParityError(FeatxError):
     exit_code = 1
 
 
+class OutputWriteError(FeatxError):
+    """A file featx writes could not be written: the disk is full, the quota used up, the file
+    system read-only, or permission denied. What was finished before is kept."""
+
+    exit_code = 74
+    """EX_IOERR of sysexits.h: distinct from bad input (2), so a job runner can tell the two."""
+
+    def __init__(self, message: str, *, full: bool):
+        super().__init__(message)
+        self.full = full
+        """Whether space ran out (disk or quota), rather than permission to write."""
+
+
 class ImageDecodeError(FeatxError):
     """An image file that cannot be decoded (corrupt, truncated, not an image, too large)."""
 

@@ -27,9 +27,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from featx._version import __version__
 from featx.runtime.decode import decode_rgb
-from featx.runtime.errors import FeatxError, missing_extra
-from featx.runtime.files import file_sha256
+from featx.runtime.errors import FeatxError, OutputWriteError, missing_extra
+from featx.runtime.files import file_sha256, make_folder
 from featx.runtime.inputs import inputs_fingerprint, list_inputs
+from featx.runtime.lock import OutputLock
 from featx.runtime.runner import Runner
 from featx.runtime.shards import (
     ERRORS,
@@ -148,19 +149,28 @@ def extract(
         },
         featx_version=__version__,
     )
-    _prepare_out_dir(out, job, writer, resume, overwrite, console)
-
-    extraction = _Extraction(runner, writer, job, out, paths, shard_size)
+    make_folder(out)
+    prepared = False
     try:
-        extraction.run(batch_size, workers, progress, console)
+        with OutputLock(out):
+            _prepare_out_dir(out, job, writer, resume, overwrite, console)
+            prepared = True
+            extraction = _Extraction(runner, writer, job, out, paths, shard_size)
+            extraction.run(batch_size, workers, progress, console)
+            job.complete = True
+            job.save(out)
     except KeyboardInterrupt as err:
         raise Interrupted(
-            f"interrupted: {len(job.shards)} of {extraction.shard_count} shards are finished and "
-            f"kept in {out}; the shard in flight was discarded. Run the same command again to "
-            "resume."
+            f"interrupted: {_kept(job, out, shard_size, prepared)}. Run the same command again "
+            "to resume."
         ) from err
-    job.complete = True
-    job.save(out)
+    except OutputWriteError as err:
+        fix = "Free space there" if err.full else "Make the folder writable"
+        raise OutputWriteError(
+            f"{err} {_kept(job, out, shard_size, prepared)}. {fix} (or write to another folder "
+            "with -o), then run the same command again to resume.",
+            full=err.full,
+        ) from err
     summary = ExtractSummary(
         inputs=len(paths),
         rows=sum(s["rows"] for s in job.shards.values()),
@@ -170,6 +180,17 @@ def extract(
         out_dir=out,
     )
     return summary
+
+
+def _kept(job: Manifest, out: Path, shard_size: int, prepared: bool) -> str:
+    """What the output folder holds after a stop, for the message that says so."""
+    if not prepared:
+        return "This run wrote no shard"
+    shard_count = -(-job.inputs["count"] // shard_size)
+    return (
+        f"{len(job.shards)} of {shard_count} shards are finished and kept in {out}; the shard "
+        "in flight was discarded"
+    )
 
 
 def _open_backend(
@@ -204,7 +225,6 @@ def _prepare_out_dir(
     overwrite: bool,
     console: Console,
 ) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     existing = Manifest.load(out)
     if existing is not None and overwrite:
         for entry in existing.shards.values():

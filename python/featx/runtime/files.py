@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import math
 import os
+import shutil
 from pathlib import Path
+from typing import NoReturn
+
+from featx.runtime.errors import OutputWriteError
 
 TMP_MARK = ".tmp-"
+WRITE_FAILURES = {
+    errno.ENOSPC: "the file system is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+"""Why a write can fail that the user, not featx, has to fix."""
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -19,8 +33,45 @@ def write_atomic(path: Path, data: bytes) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise_write_error(err, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def make_folder(path: Path) -> None:
+    """``mkdir -p path``, a refused write reported as OutputWriteError."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise_write_error(err, path)
+
+
+def raise_write_error(err: OSError, path: Path) -> NoReturn:
+    """Re-raises ``err``, met writing ``path``, as OutputWriteError when it is one of
+    WRITE_FAILURES (naming the file and the free space of its folder), else as it is."""
+    if err.errno not in WRITE_FAILURES:
+        raise err
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    reason = f"{WRITE_FAILURES[err.errno]} ({errno.errorcode[err.errno]})"
+    space = f"; {_free_space(path.parent)}" if full else ""
+    raise OutputWriteError(f"could not write {path}: {reason}{space}.", full=full) from err
+
+
+def _free_space(folder: Path) -> str:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return f"the free space of {folder} is unknown"
+    return f"{folder} has {_size(free)} free"
+
+
+def _size(count: int) -> str:
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB")
+    exponent = min(int(math.log(max(count, 1), 1024)), len(units) - 1)
+    return f"{count} bytes" if exponent == 0 else f"{count / 1024**exponent:.1f} {units[exponent]}"
 
 
 def sha256_bytes(data: bytes) -> str:

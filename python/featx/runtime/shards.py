@@ -7,6 +7,7 @@ Layout of OUTDIR:
     manifest.json                         model and input fingerprints, settings, and for every
                                           finished shard its files, rows, sha256 and errors
     errors.jsonl                          one {"path", "reason"} per input that was not usable
+    .featx.lock                           the running job's lock (featx.runtime.lock)
 
 Shard k holds the usable images among inputs [k * shard_size, (k + 1) * shard_size). Every file
 is written to a temporary name, flushed to disk and renamed; the manifest is replaced last, so a
@@ -130,8 +131,15 @@ class ShardWriter:
             if self.fmt == "npy"
             else {"features": _parquet_bytes(ids, features)}
         )
-        for key, data in payloads.items():
-            write_atomic(self.out_dir / names[key], data)
+        written = []
+        try:
+            for key, data in payloads.items():
+                write_atomic(self.out_dir / names[key], data)
+                written.append(self.out_dir / names[key])
+        except BaseException:
+            for path in written:  # a shard is all its files or none
+                path.unlink(missing_ok=True)
+            raise
         return {
             "index": index,
             "first_input": first_input,
