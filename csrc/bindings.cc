@@ -15,6 +15,7 @@
 #include "ort_library.h"
 #include "pipeline.h"
 #include "session.h"
+#include "tar.h"
 
 namespace py = pybind11;
 
@@ -209,6 +210,34 @@ PYBIND11_MODULE(_runner, m) {
       py::arg("rgb"), py::arg("spec"),
       "Preprocess a decoded, oriented (H, W, 3) uint8 RGB image -> (3, crop, crop) tensor.");
 
+  m.def(
+      "index_webdataset",
+      [](const std::string& path, const std::vector<std::string>& image_extensions) {
+        std::vector<featx::TarSample> samples;
+        {
+          py::gil_scoped_release released;
+          samples = featx::index_webdataset(path, image_extensions);
+        }
+        const auto count = static_cast<py::ssize_t>(samples.size());
+        py::list keys(count);
+        py::array_t<int64_t> offsets(count);
+        py::array_t<int64_t> sizes(count);
+        py::dict errors;
+        auto offset = offsets.mutable_unchecked<1>();
+        auto size = sizes.mutable_unchecked<1>();
+        for (py::ssize_t i = 0; i < count; ++i) {
+          const featx::TarSample& sample = samples[static_cast<size_t>(i)];
+          keys[i] = py::str(sample.key);
+          offset(i) = sample.offset;
+          size(i) = sample.size;
+          if (!sample.error.empty()) errors[py::int_(i)] = py::str(sample.error);
+        }
+        return py::make_tuple(keys, offsets, sizes, errors);
+      },
+      py::arg("path"), py::arg("image_extensions"),
+      "The samples of a WebDataset tar -> (keys, offsets, sizes, {index: error}): the image "
+      "member's byte range per sample (size -1 where the sample is unusable).");
+
   py::class_<featx::Session>(m, "Session")
       .def(py::init(&open_session), py::arg("model_path"), py::arg("device") = "cpu",
            py::arg("threads") = 0, py::arg("optimization") = "all", py::arg("memory_arena") = true,
@@ -222,12 +251,16 @@ PYBIND11_MODULE(_runner, m) {
 
   py::class_<featx::BatchPipeline>(m, "BatchPipeline")
       .def(py::init([](std::vector<std::string> paths, std::vector<int64_t> batch_ends,
-                       const py::dict& spec, int workers, int prefetch) {
-             return std::make_unique<featx::BatchPipeline>(std::move(paths), std::move(batch_ends),
+                       const py::dict& spec, int workers, int prefetch,
+                       std::vector<int64_t> offsets, std::vector<int64_t> sizes) {
+             return std::make_unique<featx::BatchPipeline>(std::move(paths), std::move(offsets),
+                                                           std::move(sizes), std::move(batch_ends),
                                                            spec_from_dict(spec), workers, prefetch);
            }),
            py::arg("paths"), py::arg("batch_ends"), py::arg("spec"), py::arg("workers"),
-           py::arg("prefetch"))
+           py::arg("prefetch"), py::arg("offsets") = std::vector<int64_t>{},
+           py::arg("sizes") = std::vector<int64_t>{},
+           "Items are whole files, or with offsets/sizes byte ranges of them (tar members).")
       .def(
           "next",
           [](py::object self) -> py::object {

@@ -96,6 +96,27 @@ int read_file(const std::string& path, std::vector<uint8_t>& contents) {
   return 0;
 }
 
+// Reads `size` bytes at `offset` into `contents`; on failure returns errno (EIO for a file that
+// ends before them).
+int read_range(const std::string& path, int64_t offset, int64_t size,
+               std::vector<uint8_t>& contents) {
+  const FileDescriptor file(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (file.get() < 0) return errno;
+  contents.resize(static_cast<size_t>(size));
+  size_t filled = 0;
+  while (filled < contents.size()) {
+    const ssize_t got = pread(file.get(), contents.data() + filled, contents.size() - filled,
+                              offset + static_cast<int64_t>(filled));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (got == 0) return EIO;
+    filled += static_cast<size_t>(got);
+  }
+  return 0;
+}
+
 }  // namespace
 
 void PreprocessSpec::validate() const {
@@ -173,6 +194,17 @@ DecodeResult preprocess_file(const std::string& path, const PreprocessSpec& spec
   spec.validate();
   Buffers& buffers = thread_buffers();
   const int read_error = read_file(path, buffers.file);
+  DecodeResult result =
+      read_error != 0 ? DecodeResult{DecodeStatus::kError, "cannot read: " + error_text(read_error)}
+                      : preprocess_encoded(buffers.file.data(), buffers.file.size(), spec, out);
+  release_if_outsized(buffers.file);
+  return result;
+}
+
+DecodeResult preprocess_range(const std::string& path, int64_t offset, int64_t size,
+                              const PreprocessSpec& spec, void* out) {
+  Buffers& buffers = thread_buffers();
+  const int read_error = read_range(path, offset, size, buffers.file);
   DecodeResult result =
       read_error != 0 ? DecodeResult{DecodeStatus::kError, "cannot read: " + error_text(read_error)}
                       : preprocess_encoded(buffers.file.data(), buffers.file.size(), spec, out);

@@ -6,9 +6,12 @@
 
 namespace featx {
 
-BatchPipeline::BatchPipeline(std::vector<std::string> paths, std::vector<int64_t> batch_ends,
+BatchPipeline::BatchPipeline(std::vector<std::string> paths, std::vector<int64_t> offsets,
+                             std::vector<int64_t> sizes, std::vector<int64_t> batch_ends,
                              PreprocessSpec spec, int workers, int prefetch)
     : paths_(std::move(paths)),
+      offsets_(std::move(offsets)),
+      sizes_(std::move(sizes)),
       batch_ends_(std::move(batch_ends)),
       spec_(std::move(spec)),
       row_bytes_(spec_.tensor_elements() *
@@ -16,6 +19,10 @@ BatchPipeline::BatchPipeline(std::vector<std::string> paths, std::vector<int64_t
   spec_.validate();
   if (workers < 1) {
     throw std::invalid_argument("workers must be >= 1, got " + std::to_string(workers));
+  }
+  if (offsets_.size() != sizes_.size() || (!sizes_.empty() && sizes_.size() != paths_.size())) {
+    throw std::invalid_argument("offsets and sizes must both be empty or one per path (" +
+                                std::to_string(paths_.size()) + ")");
   }
   if (prefetch < 2) {
     // The consumer holds one buffer while the workers fill another; fewer cannot overlap.
@@ -80,7 +87,13 @@ void BatchPipeline::work() {
     void* out = slot->tensor.data() + row * row_bytes_;
     DecodeResult result;
     try {
-      result = preprocess_file(paths_[item], spec_, out);
+      if (sizes_.empty()) {
+        result = preprocess_file(paths_[item], spec_, out);
+      } else if (sizes_[item] < 0) {
+        result = {DecodeStatus::kError, "unusable sample"};
+      } else {
+        result = preprocess_range(paths_[item], offsets_[item], sizes_[item], spec_, out);
+      }
     } catch (...) {
       std::lock_guard<std::mutex> lock(mutex_);
       failure_ = std::current_exception();

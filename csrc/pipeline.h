@@ -31,9 +31,12 @@ class BatchPipeline {
  public:
   // `batch_ends` partitions the paths into batches: batch b holds items
   // [batch_ends[b-1], batch_ends[b]), strictly increasing, the last equal to paths.size().
-  // Throws std::invalid_argument naming the argument that is out of range.
-  BatchPipeline(std::vector<std::string> paths, std::vector<int64_t> batch_ends,
-                PreprocessSpec spec, int workers, int prefetch);
+  // `offsets` and `sizes` are empty (each item is a whole file) or give each item's byte range
+  // in its file (a tar member); a negative size marks an item known to be unusable, reported as
+  // an error without a read. Throws std::invalid_argument naming the argument out of range.
+  BatchPipeline(std::vector<std::string> paths, std::vector<int64_t> offsets,
+                std::vector<int64_t> sizes, std::vector<int64_t> batch_ends, PreprocessSpec spec,
+                int workers, int prefetch);
   ~BatchPipeline();
   BatchPipeline(const BatchPipeline&) = delete;
   BatchPipeline& operator=(const BatchPipeline&) = delete;
@@ -70,6 +73,8 @@ class BatchPipeline {
   Slot& slot_of(int64_t batch) { return slots_[batch % slots_.size()]; }
 
   const std::vector<std::string> paths_;
+  const std::vector<int64_t> offsets_;
+  const std::vector<int64_t> sizes_;
   const std::vector<int64_t> batch_ends_;
   const PreprocessSpec spec_;
   const size_t row_bytes_;

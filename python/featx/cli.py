@@ -49,10 +49,15 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     from featx.runtime.extract import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE, ONNX_BACKEND
+    from featx.runtime.inputs import IMAGE_EXTENSIONS
     from featx.runtime.shards import FORMATS
 
     parser.add_argument("model", help="an .onnx file (--backend torch: a featx checkpoint)")
-    parser.add_argument("input", help="a folder (recursive), a quoted glob, or a list file")
+    parser.add_argument(
+        "input",
+        help="a folder (recursive), a quoted glob, or a list file of images; or WebDataset "
+        "shards: a .tar, a folder of them, a quoted 'data/{00000..00099}.tar', a list file",
+    )
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="inputs/shard")
@@ -80,6 +85,11 @@ def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--fuse", action="store_true", help="--backend torch: featx.fuse kernels")
     parser.add_argument("--arch", help="--backend torch: architecture of a plain state_dict")
+    parser.add_argument(
+        "--image-ext",
+        default=",".join(IMAGE_EXTENSIONS),
+        help="tar shards: a sample's image is its member with the first of these extensions",
+    )
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -293,6 +303,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         backend=args.backend,
         fuse=args.fuse,
         arch=args.arch,
+        image_extensions=[e.strip() for e in args.image_ext.split(",") if e.strip()],
     )
     print_summary(summary, stdout)
     return 0

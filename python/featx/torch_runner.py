@@ -75,6 +75,15 @@ class TorchRunner:
         with torch.inference_mode():
             return self.model(batch).float().cpu().numpy()
 
-    def pipeline(self, paths: list[str], batch_ends: list[int], workers: int, prefetch: int) -> Any:
+    def pipeline(
+        self,
+        paths: list[str],
+        batch_ends: list[int],
+        workers: int,
+        prefetch: int,
+        ranges: tuple[list[int], list[int]] | None = None,
+    ) -> Any:
         """The C++ decode/preprocess pipeline, configured by the checkpoint's preprocessing."""
-        return batch_pipeline(self.preprocess, "float32", paths, batch_ends, workers, prefetch)
+        return batch_pipeline(
+            self.preprocess, "float32", paths, batch_ends, workers, prefetch, ranges
+        )

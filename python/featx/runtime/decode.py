@@ -5,6 +5,7 @@ both paths see the same pixels for every file.
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 
@@ -33,8 +34,28 @@ def decode_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     images are converted with PIL's ``convert("RGB")`` (alpha dropped, not composited). Raises
     ImageDecodeError for files PIL cannot decode and for images above ``max_pixels`` pixels.
     """
+    return _decode(path, str(path), max_pixels)
+
+
+def decode_rgb_range(
+    path: str | Path, offset: int, size: int, name: str, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """`decode_rgb` of the ``size`` bytes at ``offset`` of ``path`` (a tar member), which
+    messages call ``name``."""
     try:
-        with Image.open(path) as image:
+        with open(path, "rb") as stream:
+            stream.seek(offset)
+            data = stream.read(size)
+    except OSError as err:
+        raise ImageDecodeError(f"{name}: cannot read: {err.strerror}") from err
+    if len(data) != size:
+        raise ImageDecodeError(f"{name}: the file ends inside the image")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source: str | Path | io.BytesIO, path: str, max_pixels: int) -> np.ndarray:
+    try:
+        with Image.open(source) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageDecodeError(

@@ -26,10 +26,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from featx._version import __version__
-from featx.runtime.decode import decode_rgb
+from featx.runtime.decode import decode_rgb, decode_rgb_range
 from featx.runtime.errors import FeatxError, OutputWriteError, missing_extra
 from featx.runtime.files import file_sha256, make_folder
-from featx.runtime.inputs import inputs_fingerprint, list_inputs
+from featx.runtime.inputs import IMAGE_EXTENSIONS, Inputs, read_inputs
 from featx.runtime.lock import OutputLock
 from featx.runtime.runner import Runner
 from featx.runtime.shards import (
@@ -52,7 +52,8 @@ class ModelBackend(Protocol):
 
     ``run`` maps a (batch, 3, H, W) array of preprocessed images to (batch, embedding_dim)
     embeddings; ``pipeline`` returns the C++ decode pipeline for the model's preprocessing
-    (featx.runtime.pipeline.batch_pipeline).
+    (featx.runtime.pipeline.batch_pipeline), over whole files or, with ``ranges``, byte ranges
+    of them (tar members).
     """
 
     arch: str
@@ -61,7 +62,12 @@ class ModelBackend(Protocol):
     def run(self, images: np.ndarray) -> np.ndarray: ...
 
     def pipeline(
-        self, paths: list[str], batch_ends: list[int], workers: int, prefetch: int
+        self,
+        paths: list[str],
+        batch_ends: list[int],
+        workers: int,
+        prefetch: int,
+        ranges: tuple[list[int], list[int]] | None = None,
     ) -> Any: ...
 
 
@@ -109,6 +115,7 @@ def extract(
     backend: str = ONNX_BACKEND,
     fuse: bool = False,
     arch: str | None = None,
+    image_extensions: Sequence[str] = IMAGE_EXTENSIONS,
 ) -> ExtractSummary:
     """Extracts embeddings of every image in ``inputs`` into shards under ``out_dir``.
 
@@ -116,6 +123,8 @@ def extract(
     one, ``False`` refuses to touch existing output; ``overwrite`` discards whatever is there.
     ``backend="onnx"`` runs a featx-exported .onnx file; ``backend="torch"`` runs a checkpoint
     (``arch`` for a plain state_dict) in PyTorch, through featx.fuse's kernels when ``fuse``.
+    ``inputs`` may name WebDataset tar shards (featx.runtime.inputs); ``image_extensions`` say
+    which member of a sample is its image, by preference.
     """
     started = time.perf_counter()
     console = console or Console(stderr=True)
@@ -124,8 +133,8 @@ def extract(
     workers = workers if workers is not None else (os.cpu_count() or 1)
     if workers < 1:
         raise FeatxError(f"--workers must be >= 1, got {workers}")
-    paths = list_inputs(inputs) if isinstance(inputs, (str, Path)) else [str(p) for p in inputs]
-    if not paths:
+    listed = read_inputs(inputs, image_extensions)
+    if not listed.ids:
         raise FeatxError(f"no images found in {inputs}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -140,7 +149,7 @@ def extract(
             "arch": runner.arch,
             "embedding_dim": runner.embedding_dim,
         },
-        inputs={"count": len(paths), "sha256": inputs_fingerprint(paths)},
+        inputs={"count": len(listed), "sha256": listed.fingerprint},
         settings={
             "format": fmt,
             "dtype": dtype,
@@ -155,7 +164,7 @@ def extract(
         with OutputLock(out):
             _prepare_out_dir(out, job, writer, resume, overwrite, console)
             prepared = True
-            extraction = _Extraction(runner, writer, job, out, paths, shard_size)
+            extraction = _Extraction(runner, writer, job, out, listed, shard_size)
             extraction.run(batch_size, workers, progress, console)
             job.complete = True
             job.save(out)
@@ -172,7 +181,7 @@ def extract(
             full=err.full,
         ) from err
     summary = ExtractSummary(
-        inputs=len(paths),
+        inputs=len(listed),
         rows=sum(s["rows"] for s in job.shards.values()),
         errors=sum(len(s["errors"]) for s in job.shards.values()),
         resumed_inputs=extraction.resumed_inputs,
@@ -290,16 +299,16 @@ class _Extraction:
         writer: ShardWriter,
         job: Manifest,
         out: Path,
-        paths: list[str],
+        inputs: Inputs,
         shard_size: int,
     ):
         self.runner = runner
         self.writer = writer
         self.job = job
         self.out = out
-        self.paths = paths
+        self.inputs = inputs
         self.shard_size = shard_size
-        self.shard_count = -(-len(paths) // shard_size)
+        self.shard_count = -(-len(inputs) // shard_size)
         self.pending = [k for k in range(self.shard_count) if k not in job.shards]
         self.resumed_inputs = sum(entry["inputs"] for entry in job.shards.values())
 
@@ -316,8 +325,13 @@ class _Extraction:
 
     def run(self, batch_size: int, workers: int, show_progress: bool, console: Console) -> None:
         order, batch_ends = self.plan(batch_size)
+        files = self.inputs.files
         pipeline = self.runner.pipeline(
-            [self.paths[i] for i in order], batch_ends, workers, PREFETCH_BATCHES
+            [files[i] for i in order],
+            batch_ends,
+            workers,
+            PREFETCH_BATCHES,
+            self.inputs.ranges(order),
         )
         shards = iter(self.pending)
         current = self._open(next(shards, None))
@@ -331,7 +345,7 @@ class _Extraction:
             disable=not show_progress,
         ) as progress:
             task = progress.add_task(
-                "", total=len(self.paths), completed=self.resumed_inputs, rate=0.0
+                "", total=len(self.inputs), completed=self.resumed_inputs, rate=0.0
             )
             started = time.perf_counter()
             done = 0
@@ -364,22 +378,36 @@ class _Extraction:
         """Rows of the batch that hold images (fallback formats decoded now); errors recorded."""
         usable = []
         for row, (input_index, (status, message)) in enumerate(zip(inputs, statuses, strict=True)):
-            path = self.paths[input_index]
-            if status == "fallback":
+            input_id = self.inputs.ids[input_index]
+            if input_index in self.inputs.unusable:
+                status, message = "error", self.inputs.unusable[input_index]
+            elif status == "fallback":
                 try:
-                    pipeline.fill_rgb(row, decode_rgb(path))
+                    pipeline.fill_rgb(row, self._decode_in_python(input_index))
                     status = "ok"
                 except (FeatxError, OSError, ValueError) as err:
                     status, message = "error", str(err)
             if status == "ok":
                 usable.append(row)
-                shard.ids.append(path)
+                shard.ids.append(input_id)
             else:
-                shard.errors.append({"path": path, "reason": message})
+                shard.errors.append({"path": input_id, "reason": message})
         return usable
 
+    def _decode_in_python(self, input_index: int) -> np.ndarray:
+        """The PIL fallback's decode of an input the C++ decoder leaves to it."""
+        inputs = self.inputs
+        if inputs.offsets is None or inputs.sizes is None:
+            return decode_rgb(inputs.files[input_index])
+        return decode_rgb_range(
+            inputs.files[input_index],
+            inputs.offsets[input_index],
+            inputs.sizes[input_index],
+            inputs.ids[input_index],
+        )
+
     def _bounds(self, shard: int) -> tuple[int, int]:
-        return shard * self.shard_size, min((shard + 1) * self.shard_size, len(self.paths))
+        return shard * self.shard_size, min((shard + 1) * self.shard_size, len(self.inputs))
 
     def _open(self, shard: int | None) -> _ShardRows | None:
         return None if shard is None else _ShardRows(shard, *self._bounds(shard))

@@ -6,6 +6,13 @@ Ordering is stable and documented: a directory's images sorted by their path rel
 (relative paths are relative to the list file's folder; blank lines and lines starting with '#'
 are skipped). Directories and globs take files with an image suffix (case-insensitive); a list
 file is taken as is, so whatever it names is accounted for, as an image or as an error.
+
+WebDataset tar shards are an INPUT too: a ``.tar`` file, a folder holding ``.tar`` files (and no
+images), a brace or glob pattern of them (``data/{00000..00099}.tar``), or a list file of them.
+Shards are taken in the order above, and the samples of each in file order; a sample's id is
+``SHARD/KEY`` (its tar's path, then its WebDataset key). The tar headers are indexed once by
+the C++ module (featx._runner.index_webdataset); the pipeline reads each sample's image by byte
+range, so nothing is extracted and no Python runs per sample on the way to the model.
 """
 
 from __future__ import annotations
@@ -13,14 +20,146 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from braceexpand import braceexpand
+
 from featx.runtime.errors import FeatxError
+from featx.runtime.native import native
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 )
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
+TAR_SUFFIX = ".tar"
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "jpe", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
+"""A tar sample's image member: its member with the first of these extensions (--image-ext)."""
+
+
+@dataclass
+class Inputs:
+    """A job's inputs in order. Input i is named ``ids[i]`` in the output and read from
+    ``files[i]``: the whole file, or with ``offsets``/``sizes`` the byte range of a tar member.
+    ``unusable`` maps inputs known to be unusable from the listing (a tar sample without an
+    image, a truncated tar) to the reason."""
+
+    ids: list[str]
+    files: list[str]
+    fingerprint: str
+    offsets: list[int] | None = None
+    sizes: list[int] | None = None
+    unusable: dict[int, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def ranges(self, order: list[int]) -> tuple[list[int], list[int]] | None:
+        """The byte ranges of inputs ``order``, or None when every input is a whole file."""
+        if self.offsets is None or self.sizes is None:
+            return None
+        return [self.offsets[i] for i in order], [self.sizes[i] for i in order]
+
+
+def read_inputs(
+    source: str | Path | Sequence[str | Path], image_extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> Inputs:
+    """The inputs named by ``source`` (see the module doc; a sequence is a list of image files)."""
+    if not isinstance(source, (str, Path)):
+        paths = [str(p) for p in source]
+        return Inputs(paths, paths, inputs_fingerprint(paths))
+    shards = tar_shards(source)
+    if shards is None:
+        paths = list_inputs(source)
+        return Inputs(paths, paths, inputs_fingerprint(paths))
+    extensions = [e.lower().lstrip(".") for e in image_extensions if e.strip(" .")]
+    if not extensions:
+        raise FeatxError("--image-ext names no extension; give e.g. jpg,png")
+    return _tar_inputs(shards, extensions)
+
+
+def tar_shards(source: str | Path) -> list[str] | None:
+    """The WebDataset shards ``source`` names, in order, or None when it names image files."""
+    text = str(source)
+    path = Path(text)
+    if path.is_file() and path.suffix == TAR_SUFFIX:
+        return [text]
+    if path.is_dir():
+        tars = sorted(path.rglob(f"*{TAR_SUFFIX}"), key=lambda p: p.relative_to(path).as_posix())
+        if not tars:
+            return None
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*") if p.is_file()):
+            raise FeatxError(
+                f"{path} holds both image files and {TAR_SUFFIX} shards; point INPUT at one "
+                "kind (a folder of images, or the shards: a pattern or a list file of them)."
+            )
+        return [str(p) for p in tars]
+    if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+        entries = _read_list(path)
+        tars = [e for e in entries if e.endswith(TAR_SUFFIX)]
+        if not tars:
+            return None
+        if len(tars) != len(entries):
+            raise FeatxError(
+                f"{path} lists both {TAR_SUFFIX} shards and other files; a list file names "
+                "images or shards, not both."
+            )
+        return _existing(tars, str(path))
+    if "{" in text and text.endswith(TAR_SUFFIX):
+        return _existing(list(braceexpand(text)), text)
+    if glob.has_magic(text) and text.endswith(TAR_SUFFIX):
+        matches = sorted(glob.glob(text, recursive=True))
+        if not matches:
+            raise FeatxError(f"the pattern {text!r} matches no {TAR_SUFFIX} files")
+        return matches
+    return None
+
+
+def _existing(tars: list[str], named_by: str) -> list[str]:
+    missing = [t for t in tars if not Path(t).is_file()]
+    if missing:
+        raise FeatxError(
+            f"{named_by} names {len(missing)} shards that do not exist ({missing[0]}, ...); "
+            "fix the pattern or the list."
+        )
+    return tars
+
+
+def _tar_inputs(shards: list[str], image_extensions: list[str]) -> Inputs:
+    ids: list[str] = []
+    files: list[str] = []
+    offsets: list[np.ndarray] = []
+    sizes: list[np.ndarray] = []
+    unusable: dict[int, str] = {}
+    digest = hashlib.sha256()
+    for shard in shards:
+        try:
+            keys, shard_offsets, shard_sizes, errors = native().index_webdataset(
+                shard, image_extensions
+            )
+        except RuntimeError as err:
+            raise FeatxError(f"cannot read the shard {err}") from err
+        stat = os.stat(shard)
+        digest.update(f"{shard}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        digest.update(shard_offsets.tobytes() + shard_sizes.tobytes())
+        unusable.update({len(ids) + index: reason for index, reason in errors.items()})
+        ids.extend(f"{shard}/{key}" for key in keys)
+        files.extend([shard] * len(keys))
+        offsets.append(shard_offsets)
+        sizes.append(shard_sizes)
+    for sample_id in ids:
+        digest.update(sample_id.encode("utf-8", "surrogateescape") + b"\0")
+    return Inputs(
+        ids,
+        files,
+        digest.hexdigest(),
+        np.concatenate(offsets).tolist(),
+        np.concatenate(sizes).tolist(),
+        unusable,
+    )
 
 
 def read_label_rows(path: Path) -> list[list[str]]:
@@ -58,7 +197,9 @@ def list_inputs(source: str | Path) -> list[str]:
             f"{path} is a single file; INPUT is a folder, a glob pattern (quote it) or a list "
             f"file ({', '.join(sorted(LIST_SUFFIXES))}) with one path per line."
         )
-    raise FeatxError(f"input {text!r} does not exist (expected a folder, a glob or a list file)")
+    raise FeatxError(
+        f"input {text!r} does not exist (expected a folder, a glob, a list file or .tar shards)"
+    )
 
 
 def _read_list(list_file: Path) -> list[str]:

@@ -31,12 +31,17 @@ def batch_pipeline(
     batch_ends: list[int],
     workers: int,
     prefetch: int,
+    ranges: tuple[list[int], list[int]] | None = None,
 ) -> Any:
     """The C++ decode/preprocess pipeline producing ``output``-typed batches for ``preprocess``.
+
+    ``ranges`` (offsets, sizes), one per path, makes each item that byte range of its file (a
+    tar member); a negative size marks an item already known to be unusable.
 
     ``pipeline.next()`` returns ``(first_item, rows, tensor, statuses)`` or None at the end;
     ``tensor`` is valid until the next call. Rows whose status is "fallback" are filled with
     ``pipeline.fill_rgb(row, rgb)`` (featx.runtime.decode.decode_rgb decodes them).
     """
     spec = spec_dict(preprocess, output=output)
-    return native().BatchPipeline(paths, batch_ends, spec, workers, prefetch)
+    offsets, sizes = ranges if ranges is not None else ([], [])
+    return native().BatchPipeline(paths, batch_ends, spec, workers, prefetch, offsets, sizes)

@@ -67,11 +67,24 @@ class Runner:
         """(batch, 3, H, W) images -> (batch, D) embeddings."""
         return self._session.run(images)
 
-    def pipeline(self, paths: list[str], batch_ends: list[int], workers: int, prefetch: int) -> Any:
+    def pipeline(
+        self,
+        paths: list[str],
+        batch_ends: list[int],
+        workers: int,
+        prefetch: int,
+        ranges: tuple[list[int], list[int]] | None = None,
+    ) -> Any:
         """A C++ decode/preprocess pipeline producing batches for this model's input
         (featx.runtime.pipeline.batch_pipeline)."""
         return batch_pipeline(
-            self.metadata.preprocess, self.metadata.io_dtype, paths, batch_ends, workers, prefetch
+            self.metadata.preprocess,
+            self.metadata.io_dtype,
+            paths,
+            batch_ends,
+            workers,
+            prefetch,
+            ranges,
         )
 
 
