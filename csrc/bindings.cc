@@ -8,6 +8,7 @@
 #include <chrono>
 #include <filesystem>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
@@ -152,6 +153,45 @@ std::pair<int, int> rgb_size(const py::array_t<uint8_t, py::array::c_style>& rgb
   return {static_cast<int>(rgb.shape(0)), static_cast<int>(rgb.shape(1))};
 }
 
+// Joins the pipeline's workers with the GIL released: a worker may be waiting for the GIL to
+// call the Python fallback decoder, and would never get it while the join holds it.
+struct ReleaseGilAndDelete {
+  void operator()(featx::BatchPipeline* pipeline) const {
+    py::gil_scoped_release release;
+    std::default_delete<featx::BatchPipeline>()(pipeline);
+  }
+};
+
+// The pipeline's fallback decoder from a Python callable: item -> (H, W, 3) uint8 RGB array, or
+// a str saying why the item is unusable. The workers call it concurrently, each taking the GIL
+// for the call (Pillow releases it while it decodes) and releasing it to preprocess.
+featx::FallbackDecoder python_fallback(py::object decode, const featx::PreprocessSpec& spec) {
+  if (decode.is_none()) return nullptr;
+  // Released with the GIL held, whichever thread drops the last reference.
+  std::shared_ptr<py::object> held(std::make_unique<py::object>(std::move(decode)).release(),
+                                   [](py::object* object) {
+                                     py::gil_scoped_acquire gil;
+                                     std::default_delete<py::object>()(object);
+                                   });
+  return [held, spec](int64_t item, void* out) -> featx::DecodeResult {
+    py::gil_scoped_acquire gil;
+    const py::object decoded = (*held)(item);
+    if (py::isinstance<py::str>(decoded)) {
+      return {featx::DecodeStatus::kError, decoded.cast<std::string>()};
+    }
+    const auto rgb = decoded.cast<py::array_t<uint8_t, py::array::c_style>>();
+    const auto [height, width] = rgb_size(rgb);
+    const uint8_t* pixels = rgb.data();
+    try {
+      py::gil_scoped_release release;
+      featx::preprocess_rgb(pixels, height, width, spec, out);
+    } catch (const std::invalid_argument& err) {
+      return {featx::DecodeStatus::kError, err.what()};
+    }
+    return {};
+  };
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_runner, m) {
@@ -249,18 +289,25 @@ PYBIND11_MODULE(_runner, m) {
       .def_property_readonly("provider", &featx::Session::provider)
       .def_property_readonly("metadata", &featx::Session::metadata);
 
-  py::class_<featx::BatchPipeline>(m, "BatchPipeline")
-      .def(py::init([](std::vector<std::string> paths, std::vector<int64_t> batch_ends,
-                       const py::dict& spec, int workers, int prefetch,
-                       std::vector<int64_t> offsets, std::vector<int64_t> sizes) {
-             return std::make_unique<featx::BatchPipeline>(std::move(paths), std::move(offsets),
-                                                           std::move(sizes), std::move(batch_ends),
-                                                           spec_from_dict(spec), workers, prefetch);
-           }),
-           py::arg("paths"), py::arg("batch_ends"), py::arg("spec"), py::arg("workers"),
-           py::arg("prefetch"), py::arg("offsets") = std::vector<int64_t>{},
-           py::arg("sizes") = std::vector<int64_t>{},
-           "Items are whole files, or with offsets/sizes byte ranges of them (tar members).")
+  py::class_<featx::BatchPipeline, std::unique_ptr<featx::BatchPipeline, ReleaseGilAndDelete>>(
+      m, "BatchPipeline")
+      .def(
+          py::init([](std::vector<std::string> paths, std::vector<int64_t> batch_ends,
+                      const py::dict& spec, int workers, int prefetch, std::vector<int64_t> offsets,
+                      std::vector<int64_t> sizes, py::object fallback) {
+            const featx::PreprocessSpec parsed = spec_from_dict(spec);
+            return std::unique_ptr<featx::BatchPipeline, ReleaseGilAndDelete>(
+                std::make_unique<featx::BatchPipeline>(
+                    std::move(paths), std::move(offsets), std::move(sizes), std::move(batch_ends),
+                    parsed, workers, prefetch, python_fallback(std::move(fallback), parsed))
+                    .release());
+          }),
+          py::arg("paths"), py::arg("batch_ends"), py::arg("spec"), py::arg("workers"),
+          py::arg("prefetch"), py::arg("offsets") = std::vector<int64_t>{},
+          py::arg("sizes") = std::vector<int64_t>{}, py::arg("fallback") = py::none(),
+          "Items are whole files, or with offsets/sizes byte ranges of them (tar members). "
+          "fallback(item) -> RGB array or str (why unusable) decodes, in the worker threads, "
+          "what the C++ decoder cannot; without it such rows come back as 'fallback'.")
       .def(
           "next",
           [](py::object self) -> py::object {
@@ -268,15 +315,5 @@ PYBIND11_MODULE(_runner, m) {
             return batch.empty() ? py::none() : py::object(batch);
           },
           "Next batch (first_item, rows, tensor view, [(status, message)]) or None at the end.")
-      .def(
-          "fill_rgb",
-          [](featx::BatchPipeline& pipeline, int64_t row,
-             const py::array_t<uint8_t, py::array::c_style>& rgb) {
-            const auto [height, width] = rgb_size(rgb);
-            const uint8_t* pixels = rgb.data();
-            py::gil_scoped_release release;
-            pipeline.fill_rgb(row, pixels, height, width);
-          },
-          py::arg("row"), py::arg("rgb"))
       .def("cancel", &featx::BatchPipeline::cancel);
 }

@@ -8,12 +8,14 @@ namespace featx {
 
 BatchPipeline::BatchPipeline(std::vector<std::string> paths, std::vector<int64_t> offsets,
                              std::vector<int64_t> sizes, std::vector<int64_t> batch_ends,
-                             PreprocessSpec spec, int workers, int prefetch)
+                             PreprocessSpec spec, int workers, int prefetch,
+                             FallbackDecoder fallback)
     : paths_(std::move(paths)),
       offsets_(std::move(offsets)),
       sizes_(std::move(sizes)),
       batch_ends_(std::move(batch_ends)),
       spec_(std::move(spec)),
+      fallback_(std::move(fallback)),
       row_bytes_(spec_.tensor_elements() *
                  (spec_.output_type == TensorType::kFloat32 ? sizeof(float) : sizeof(uint16_t))) {
   spec_.validate();
@@ -94,6 +96,7 @@ void BatchPipeline::work() {
       } else {
         result = preprocess_range(paths_[item], offsets_[item], sizes_[item], spec_, out);
       }
+      if (result.status == DecodeStatus::kNeedsFallback && fallback_) result = fallback_(item, out);
     } catch (...) {
       std::lock_guard<std::mutex> lock(mutex_);
       failure_ = std::current_exception();
@@ -132,25 +135,6 @@ BatchPipeline::Next BatchPipeline::next(PreparedBatch& batch, std::chrono::milli
   batch.tensor = slot.tensor.data();
   batch.results = &slot.results;
   return Next::kBatch;
-}
-
-void BatchPipeline::fill_rgb(int64_t row, const uint8_t* rgb, int height, int width) {
-  Slot* slot = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (current_batch_ < 0) throw std::invalid_argument("fill_rgb needs a current batch");
-    slot = &slot_of(current_batch_);
-    if (row < 0 || row >= batch_rows(current_batch_)) {
-      throw std::invalid_argument("row " + std::to_string(row) + " is outside the batch (" +
-                                  std::to_string(batch_rows(current_batch_)) + " rows)");
-    }
-    if (slot->results[row].status != DecodeStatus::kNeedsFallback) {
-      throw std::invalid_argument("row " + std::to_string(row) + " was not left to the fallback");
-    }
-  }
-  preprocess_rgb(rgb, height, width, spec_, slot->tensor.data() + row * row_bytes_);
-  std::lock_guard<std::mutex> lock(mutex_);
-  slot->results[row] = DecodeResult{};
 }
 
 }  // namespace featx

@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -27,6 +28,11 @@ struct PreparedBatch {
   const std::vector<DecodeResult>* results = nullptr;  // one per row
 };
 
+// Decodes an item the C++ decoder leaves to another decoder (status kNeedsFallback: PNG, WebP,
+// CMYK JPEG, ...) and preprocesses it into `out`; returns kOk or the reason it is unusable.
+// Called from the worker threads, concurrently.
+using FallbackDecoder = std::function<DecodeResult(int64_t item, void* out)>;
+
 class BatchPipeline {
  public:
   // `batch_ends` partitions the paths into batches: batch b holds items
@@ -34,9 +40,11 @@ class BatchPipeline {
   // `offsets` and `sizes` are empty (each item is a whole file) or give each item's byte range
   // in its file (a tar member); a negative size marks an item known to be unusable, reported as
   // an error without a read. Throws std::invalid_argument naming the argument out of range.
+  // With `fallback`, the workers decode kNeedsFallback items with it; without, such rows stay
+  // kNeedsFallback (unusable, zeros).
   BatchPipeline(std::vector<std::string> paths, std::vector<int64_t> offsets,
                 std::vector<int64_t> sizes, std::vector<int64_t> batch_ends, PreprocessSpec spec,
-                int workers, int prefetch);
+                int workers, int prefetch, FallbackDecoder fallback = nullptr);
   ~BatchPipeline();
   BatchPipeline(const BatchPipeline&) = delete;
   BatchPipeline& operator=(const BatchPipeline&) = delete;
@@ -48,10 +56,6 @@ class BatchPipeline {
   // kTimedOut (call again; the bounded wait lets a caller react to signals meanwhile).
   // Rethrows a worker's unexpected failure.
   Next next(PreparedBatch& batch, std::chrono::milliseconds wait);
-
-  // Preprocesses a decoded RGB image (the fallback path for formats not decoded here) into row
-  // `row` of the current batch and marks the row usable.
-  void fill_rgb(int64_t row, const uint8_t* rgb, int height, int width);
 
   // Stops the workers; next() then returns false.
   void cancel();
@@ -77,6 +81,7 @@ class BatchPipeline {
   const std::vector<int64_t> sizes_;
   const std::vector<int64_t> batch_ends_;
   const PreprocessSpec spec_;
+  const FallbackDecoder fallback_;
   const size_t row_bytes_;
 
   std::mutex mutex_;

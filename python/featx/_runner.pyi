@@ -1,5 +1,6 @@
 """featx native runner (ONNX Runtime C++ API): the API of the compiled module (csrc/bindings.cc)."""
 
+from collections.abc import Callable
 from os import PathLike
 from typing import Any
 
@@ -17,6 +18,9 @@ def preprocess_file(
     path: str | PathLike[str], spec: dict[str, Any]
 ) -> tuple[str, str, np.ndarray | None]: ...
 def preprocess_rgb(rgb: np.ndarray, spec: dict[str, Any]) -> np.ndarray: ...
+def index_webdataset(
+    path: str, image_extensions: list[str]
+) -> tuple[list[str], np.ndarray, np.ndarray, dict[int, str]]: ...
 
 class Session:
     def __init__(
@@ -46,7 +50,9 @@ class BatchPipeline:
         spec: dict[str, Any],
         workers: int,
         prefetch: int,
+        offsets: list[int] = ...,
+        sizes: list[int] = ...,
+        fallback: Callable[[int], np.ndarray | str] | None = None,
     ) -> None: ...
     def next(self) -> tuple[int, int, np.ndarray, list[tuple[str, str]]] | None: ...
-    def fill_rgb(self, row: int, rgb: np.ndarray) -> None: ...
     def cancel(self) -> None: ...

@@ -11,6 +11,7 @@ layout); on CPU in float32 (fused ops then compute with PyTorch ops unless TRITO
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,9 @@ class TorchRunner:
         workers: int,
         prefetch: int,
         ranges: tuple[list[int], list[int]] | None = None,
+        fallback: Callable[[int], np.ndarray | str] | None = None,
     ) -> Any:
         """The C++ decode/preprocess pipeline, configured by the checkpoint's preprocessing."""
         return batch_pipeline(
-            self.preprocess, "float32", paths, batch_ends, workers, prefetch, ranges
+            self.preprocess, "float32", paths, batch_ends, workers, prefetch, ranges, fallback
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -68,6 +68,7 @@ class ModelBackend(Protocol):
         workers: int,
         prefetch: int,
         ranges: tuple[list[int], list[int]] | None = None,
+        fallback: Callable[[int], np.ndarray | str] | None = None,
     ) -> Any: ...
 
 
@@ -332,6 +333,7 @@ class _Extraction:
             workers,
             PREFETCH_BATCHES,
             self.inputs.ranges(order),
+            self._fallback_decoder(order),
         )
         shards = iter(self.pending)
         current = self._open(next(shards, None))
@@ -353,7 +355,7 @@ class _Extraction:
                 while (batch := pipeline.next()) is not None:
                     first, rows, tensor, statuses = batch
                     inputs = order[first : first + rows]
-                    usable = self._sort_rows(pipeline, inputs, statuses, current)
+                    usable = self._sort_rows(inputs, statuses, current)
                     current.embeddings.append(self.runner.run(tensor)[usable])
                     done += rows
                     elapsed = max(time.perf_counter() - started, 1e-9)
@@ -369,30 +371,32 @@ class _Extraction:
                 raise
 
     def _sort_rows(
-        self,
-        pipeline: Any,
-        inputs: list[int],
-        statuses: list[tuple[str, str]],
-        shard: _ShardRows,
+        self, inputs: list[int], statuses: list[tuple[str, str]], shard: _ShardRows
     ) -> list[int]:
-        """Rows of the batch that hold images (fallback formats decoded now); errors recorded."""
+        """Rows of the batch that hold images; the others' errors recorded."""
         usable = []
         for row, (input_index, (status, message)) in enumerate(zip(inputs, statuses, strict=True)):
             input_id = self.inputs.ids[input_index]
             if input_index in self.inputs.unusable:
                 status, message = "error", self.inputs.unusable[input_index]
-            elif status == "fallback":
-                try:
-                    pipeline.fill_rgb(row, self._decode_in_python(input_index))
-                    status = "ok"
-                except (FeatxError, OSError, ValueError) as err:
-                    status, message = "error", str(err)
             if status == "ok":
                 usable.append(row)
                 shard.ids.append(input_id)
             else:
                 shard.errors.append({"path": input_id, "reason": message})
         return usable
+
+    def _fallback_decoder(self, order: list[int]) -> Callable[[int], np.ndarray | str]:
+        """The pipeline's decoder of its item ``i`` (input ``order[i]``) for what the C++ decoder
+        leaves to PIL: the RGB array, or why the input is unusable."""
+
+        def decode(item: int) -> np.ndarray | str:
+            try:
+                return self._decode_in_python(order[item])
+            except (FeatxError, OSError, ValueError) as err:
+                return str(err)
+
+        return decode
 
     def _decode_in_python(self, input_index: int) -> np.ndarray:
         """The PIL fallback's decode of an input the C++ decoder leaves to it."""

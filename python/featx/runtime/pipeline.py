@@ -3,7 +3,10 @@ from a model's preprocessing policy."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from featx.runtime.decode import MAX_PIXELS
 from featx.runtime.metadata import Preprocess
@@ -32,16 +35,22 @@ def batch_pipeline(
     workers: int,
     prefetch: int,
     ranges: tuple[list[int], list[int]] | None = None,
+    fallback: Callable[[int], np.ndarray | str] | None = None,
 ) -> Any:
     """The C++ decode/preprocess pipeline producing ``output``-typed batches for ``preprocess``.
 
     ``ranges`` (offsets, sizes), one per path, makes each item that byte range of its file (a
-    tar member); a negative size marks an item already known to be unusable.
+    tar member); a negative size marks an item already known to be unusable. ``fallback(item)``
+    decodes what the C++ decoder leaves (PNG, WebP, CMYK JPEG, ...) to an RGB array, or says why
+    it cannot (a str); the pipeline's worker threads call it, so those decodes run in parallel
+    and ahead of the model like the JPEGs.
 
     ``pipeline.next()`` returns ``(first_item, rows, tensor, statuses)`` or None at the end;
-    ``tensor`` is valid until the next call. Rows whose status is "fallback" are filled with
-    ``pipeline.fill_rgb(row, rgb)`` (featx.runtime.decode.decode_rgb decodes them).
+    ``tensor`` is valid until the next call. Without ``fallback``, rows the C++ decoder
+    cannot decode come back with status "fallback", unusable.
     """
     spec = spec_dict(preprocess, output=output)
     offsets, sizes = ranges if ranges is not None else ([], [])
-    return native().BatchPipeline(paths, batch_ends, spec, workers, prefetch, offsets, sizes)
+    return native().BatchPipeline(
+        paths, batch_ends, spec, workers, prefetch, offsets, sizes, fallback
+    )

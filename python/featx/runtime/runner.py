@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ class Runner:
         workers: int,
         prefetch: int,
         ranges: tuple[list[int], list[int]] | None = None,
+        fallback: Callable[[int], np.ndarray | str] | None = None,
     ) -> Any:
         """A C++ decode/preprocess pipeline producing batches for this model's input
         (featx.runtime.pipeline.batch_pipeline)."""
@@ -85,6 +87,7 @@ class Runner:
             workers,
             prefetch,
             ranges,
+            fallback,
         )
 
 
