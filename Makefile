@@ -12,7 +12,7 @@ RUNTIME_PY := $(RUNTIME_VENV)/bin/python
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-runtime lint format bench bench-gpu bench-extract bench-pytest \
-	bench-export bench-timm bench-startup test-fixtures clean
+	bench-export bench-timm bench-startup bench-inputs test-fixtures clean
 
 setup: $(INSTALLED)
 
@@ -79,6 +79,15 @@ bench-extract: setup
 	$(VENV)/bin/featx bench --model resnet50,resnet18 --batch-sizes 32 \
 		--backends ort-python,runner,extract-e2e,preprocess --e2e-images 2000 --e2e-repeats 1 \
 		--output $(BENCH_OUT)-extract.json --plot $(BENCH_OUT)-extract.png
+
+# Issue 13's input kinds: 2,000 JPEGs as files and as one WebDataset tar (extract-e2e's featx and
+# featx-tar rows), ResNet-50 and a decode-bound small model; then 200,000 small images in 20
+# tar shards, images/s and peak RSS.
+bench-inputs: setup
+	$(VENV)/bin/featx bench --model resnet50,small_cnn --batch-sizes 32 --backends extract-e2e \
+		--e2e-images 2000 --e2e-repeats 1 \
+		--output $(BENCH_OUT)-inputs.json --plot $(BENCH_OUT)-inputs.png
+	$(PY) benchmarks/tar_scale.py --output benchmarks/results/tar-scale-cpu.json
 
 # The same cases through pytest-benchmark; add --benchmark-compare --benchmark-compare-fail=median:10%
 # to PYTEST_ARGS to fail on a regression against the last saved run.

@@ -3,7 +3,10 @@
 - ``model``: model-only inference of one registered extractor on a random batch through one
   backend (featx.bench.backends), at one batch size, on one device.
 - ``extract-e2e``: a whole extraction from JPEG files to saved features, decode included: the
-  eager PyTorch loop users write (``eager``) against ``featx extract`` (``featx``).
+  eager PyTorch loop users write (``eager``) against ``featx extract`` (``featx``),
+  ``featx extract`` over the same JPEGs packed in one WebDataset tar (``featx-tar``), and over
+  the same images with every second one stored as PNG (``featx-half-png``: PIL decodes those,
+  in the pipeline's worker threads).
 - ``preprocess``: decode + resize + crop + normalise of JPEG files, one at a time on one thread:
   PIL + torchvision (``pil``) against featx's C++ pipeline (``cpp``).
 - ``conv`` and ``attention`` (GPU): one fused featx kernel against cuDNN, torch.compile or SDPA
@@ -29,7 +32,7 @@ MODEL_BACKENDS = (
     "ort-python",
     "runner",
 )
-E2E_BACKENDS = ("eager", "featx")
+E2E_BACKENDS = ("eager", "featx", "featx-tar", "featx-half-png")
 PREPROCESS_BACKENDS = ("pil", "cpp")
 CONV_BACKENDS = ("eager-channels_last", "eager-nchw", "compile", "featx")
 ATTENTION_BACKENDS = ("sdpa", "unfused", "featx")

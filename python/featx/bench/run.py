@@ -26,7 +26,12 @@ from featx.bench.compare import GateResult, load_result, matching_cases, regress
 from featx.bench.corpus import make_corpus
 from featx.bench.eager import eager_extract, pil_preprocess_pass
 from featx.bench.environment import environment
-from featx.bench.extraction import cpp_preprocess_pass, featx_extract_job
+from featx.bench.extraction import (
+    cpp_preprocess_pass,
+    featx_extract_job,
+    half_png_copy,
+    webdataset_shard,
+)
 from featx.bench.report import (
     make_row,
     print_table,
@@ -185,15 +190,23 @@ class Bench:
 
             note = f"DataLoader, {E2E_WORKERS} PIL workers, np.save"
         else:
-            out_dir = self.work_dir / f"extract-{case.model}"
+            out_dir = self.work_dir / f"{case.backend}-{case.model}"
+            inputs: Path | list[Path] = paths
+            note = "featx extract: C++ decode threads + runner, npy shards"
+            if case.backend == "featx-tar":
+                tar_name = f"corpus-{len(paths)}.tar"
+                inputs = webdataset_shard(paths, self.work_dir / "webdataset" / tar_name)
+                note = "featx extract of one WebDataset tar: members read by byte range"
+            elif case.backend == "featx-half-png":
+                inputs = half_png_copy(paths, self.work_dir / "half-png")
+                note = "featx extract, every second image a PNG (PIL in the decode workers)"
             run = featx_extract_job(
-                assets.onnx_path, paths, out_dir, case.batch_size, device=case.device
+                assets.onnx_path, inputs, out_dir, case.batch_size, device=case.device
             )
 
             def saved_features() -> np.ndarray:
                 return read_features(out_dir)[1]
 
-            note = "featx extract: C++ decode threads + runner, npy shards"
         try:
             run()
         except FeatxError as err:
@@ -203,7 +216,7 @@ class Bench:
             raise Unavailable(str(err)) from err
         # Read back once, for parity: the timed runs end at the saved files, as users' jobs do.
         features = saved_features()
-        note = f"{len(paths)} JPEGs per run; {note}"
+        note = f"{len(paths)} images per run; {note}"
         return Prepared(run, len(paths), False, features, time.perf_counter() - started, note)
 
     def _prepare_preprocess(self, case: Case) -> Prepared:
