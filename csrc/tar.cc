@@ -89,6 +89,11 @@ bool checksum_matches(const Header& header) {
   return stored >= 0 && (stored == unsigned_sum || stored == signed_sum);
 }
 
+std::string cut_header(int64_t offset) {
+  return "the tar is truncated inside a member header at byte " + std::to_string(offset) +
+         "; whatever followed is lost";
+}
+
 bool all_zero(const Header& header) {
   return std::all_of(header.begin(), header.end(), [](char c) { return c == 0; });
 }
@@ -216,8 +221,7 @@ std::vector<TarSample> index_webdataset(const std::string& path,
       break;
     }
     if (offset + kBlock > file.size() || !file.read_at(offset, kBlock, header.data())) {
-      indexer.stop(offset, "the tar is truncated inside a member header at byte " +
-                               std::to_string(offset) + "; whatever followed is lost");
+      indexer.stop(offset, cut_header(offset));
       break;
     }
     if (all_zero(header)) break;
@@ -235,11 +239,16 @@ std::vector<TarSample> index_webdataset(const std::string& path,
       const std::string prefix = field(header, 345, 155);
       name = (prefix.empty() ? "" : prefix + "/") + field(header, 0, 100);
     }
+    const bool long_name_header = type == 'L' || type == 'x';
     if (data + size > file.size()) {
-      indexer.truncated_member(name, data, size, file.size());
+      if (long_name_header) {
+        indexer.stop(offset, cut_header(offset));
+      } else {
+        indexer.truncated_member(name, data, size, file.size());
+      }
       break;
     }
-    if (type == 'L' || type == 'x') {
+    if (long_name_header) {
       std::string contents(static_cast<size_t>(size), '\0');
       if (!file.read_at(data, contents.size(), contents.data())) {
         throw std::runtime_error(path + ": read error at byte " + std::to_string(data));

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import math
@@ -36,7 +37,10 @@ def write_atomic(path: Path, data: bytes) -> None:
     except OSError as err:
         raise_write_error(err, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        # Where even this fails (a file system gone read-only), the next run's
+        # remove_stale_temporaries removes it; the write's own error is the one to report.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def make_folder(path: Path) -> None:
