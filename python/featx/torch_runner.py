@@ -11,7 +11,6 @@ layout); on CPU in float32 (fused ops then compute with PyTorch ops unless TRITO
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from featx.fusion import fuse as fuse_model
 from featx.models.checkpoint import load_model
 from featx.runtime.errors import FeatxError
 from featx.runtime.metadata import Preprocess
-from featx.runtime.pipeline import batch_pipeline
+from featx.runtime.pipeline import PipelineItems, batch_pipeline
 from featx.runtime.runner import checked_model_path
 
 
@@ -77,15 +76,7 @@ class TorchRunner:
             return self.model(batch).float().cpu().numpy()
 
     def pipeline(
-        self,
-        paths: list[str],
-        batch_ends: list[int],
-        workers: int,
-        prefetch: int,
-        ranges: tuple[list[int], list[int]] | None = None,
-        fallback: Callable[[int], np.ndarray | str] | None = None,
+        self, items: PipelineItems, batch_ends: list[int], workers: int, prefetch: int
     ) -> Any:
         """The C++ decode/preprocess pipeline, configured by the checkpoint's preprocessing."""
-        return batch_pipeline(
-            self.preprocess, "float32", paths, batch_ends, workers, prefetch, ranges, fallback
-        )
+        return batch_pipeline(self.preprocess, "float32", items, batch_ends, workers, prefetch)

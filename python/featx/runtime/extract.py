@@ -31,6 +31,7 @@ from featx.runtime.errors import FeatxError, OutputWriteError, missing_extra
 from featx.runtime.files import file_sha256, make_folder
 from featx.runtime.inputs import IMAGE_EXTENSIONS, Inputs, read_inputs
 from featx.runtime.lock import OutputLock
+from featx.runtime.pipeline import PipelineItems
 from featx.runtime.runner import Runner
 from featx.runtime.shards import (
     ERRORS,
@@ -51,9 +52,8 @@ class ModelBackend(Protocol):
     """What extraction needs of a model: featx.Runner (ONNX) and featx.TorchRunner provide it.
 
     ``run`` maps a (batch, 3, H, W) array of preprocessed images to (batch, embedding_dim)
-    embeddings; ``pipeline`` returns the C++ decode pipeline for the model's preprocessing
-    (featx.runtime.pipeline.batch_pipeline), over whole files or, with ``ranges``, byte ranges
-    of them (tar members).
+    embeddings; ``pipeline`` returns the C++ decode pipeline of ``items`` for the model's
+    preprocessing (featx.runtime.pipeline.batch_pipeline).
     """
 
     arch: str
@@ -62,13 +62,7 @@ class ModelBackend(Protocol):
     def run(self, images: np.ndarray) -> np.ndarray: ...
 
     def pipeline(
-        self,
-        paths: list[str],
-        batch_ends: list[int],
-        workers: int,
-        prefetch: int,
-        ranges: tuple[list[int], list[int]] | None = None,
-        fallback: Callable[[int], np.ndarray | str] | None = None,
+        self, items: PipelineItems, batch_ends: list[int], workers: int, prefetch: int
     ) -> Any: ...
 
 
@@ -327,14 +321,11 @@ class _Extraction:
     def run(self, batch_size: int, workers: int, show_progress: bool, console: Console) -> None:
         order, batch_ends = self.plan(batch_size)
         files = self.inputs.files
-        pipeline = self.runner.pipeline(
-            [files[i] for i in order],
-            batch_ends,
-            workers,
-            PREFETCH_BATCHES,
-            self.inputs.ranges(order),
-            self._fallback_decoder(order),
+        offsets, sizes = self.inputs.ranges(order)
+        items = PipelineItems(
+            [files[i] for i in order], offsets, sizes, self._fallback_decoder(order)
         )
+        pipeline = self.runner.pipeline(items, batch_ends, workers, PREFETCH_BATCHES)
         shards = iter(self.pending)
         current = self._open(next(shards, None))
         with Progress(

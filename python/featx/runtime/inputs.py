@@ -57,10 +57,11 @@ class Inputs:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def ranges(self, order: list[int]) -> tuple[list[int], list[int]] | None:
-        """The byte ranges of inputs ``order``, or None when every input is a whole file."""
+    def ranges(self, order: list[int]) -> tuple[list[int], list[int]]:
+        """The byte ranges (offsets, sizes) of inputs ``order``; empty lists when every input is
+        a whole file."""
         if self.offsets is None or self.sizes is None:
-            return None
+            return [], []
         return [self.offsets[i] for i in order], [self.sizes[i] for i in order]
 
 

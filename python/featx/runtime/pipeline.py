@@ -4,6 +4,7 @@ from a model's preprocessing policy."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,30 +28,33 @@ def spec_dict(preprocess: Preprocess, output: str = "float32") -> dict[str, Any]
     }
 
 
+@dataclass(frozen=True)
+class PipelineItems:
+    """What a pipeline reads, in order. Item i is the file ``paths[i]``, or, with ``offsets``
+    and ``sizes`` (one each per path), the ``sizes[i]`` bytes at ``offsets[i]`` of it (a tar
+    member; a negative size marks an item already known to be unusable). ``fallback(i)`` decodes
+    what the C++ decoder leaves (PNG, WebP, CMYK JPEG, ...) to an RGB array, or says why it
+    cannot (a str); the pipeline's worker threads call it, so those decodes run in parallel and
+    ahead of the model like the JPEGs. Without it such items are unusable ("fallback")."""
+
+    paths: list[str]
+    offsets: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    fallback: Callable[[int], np.ndarray | str] | None = None
+
+
 def batch_pipeline(
     preprocess: Preprocess,
     output: str,
-    paths: list[str],
+    items: PipelineItems,
     batch_ends: list[int],
     workers: int,
     prefetch: int,
-    ranges: tuple[list[int], list[int]] | None = None,
-    fallback: Callable[[int], np.ndarray | str] | None = None,
 ) -> Any:
-    """The C++ decode/preprocess pipeline producing ``output``-typed batches for ``preprocess``.
-
-    ``ranges`` (offsets, sizes), one per path, makes each item that byte range of its file (a
-    tar member); a negative size marks an item already known to be unusable. ``fallback(item)``
-    decodes what the C++ decoder leaves (PNG, WebP, CMYK JPEG, ...) to an RGB array, or says why
-    it cannot (a str); the pipeline's worker threads call it, so those decodes run in parallel
-    and ahead of the model like the JPEGs.
-
-    ``pipeline.next()`` returns ``(first_item, rows, tensor, statuses)`` or None at the end;
-    ``tensor`` is valid until the next call. Without ``fallback``, rows the C++ decoder
-    cannot decode come back with status "fallback", unusable.
-    """
+    """The C++ decode/preprocess pipeline producing ``output``-typed batches of ``items`` for
+    ``preprocess``: ``pipeline.next()`` returns ``(first_item, rows, tensor, statuses)`` or None
+    at the end; ``tensor`` is valid until the next call."""
     spec = spec_dict(preprocess, output=output)
-    offsets, sizes = ranges if ranges is not None else ([], [])
     return native().BatchPipeline(
-        paths, batch_ends, spec, workers, prefetch, offsets, sizes, fallback
+        items.paths, batch_ends, spec, workers, prefetch, items.offsets, items.sizes, items.fallback
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from featx.runtime.errors import FeatxError
 from featx.runtime.metadata import ModelMetadata, read_metadata
 from featx.runtime.native import native
 from featx.runtime.ort_config import cpu_optimization_level
-from featx.runtime.pipeline import batch_pipeline
+from featx.runtime.pipeline import PipelineItems, batch_pipeline
 
 DEVICES = ("cpu", "cuda")
 
@@ -69,25 +68,12 @@ class Runner:
         return self._session.run(images)
 
     def pipeline(
-        self,
-        paths: list[str],
-        batch_ends: list[int],
-        workers: int,
-        prefetch: int,
-        ranges: tuple[list[int], list[int]] | None = None,
-        fallback: Callable[[int], np.ndarray | str] | None = None,
+        self, items: PipelineItems, batch_ends: list[int], workers: int, prefetch: int
     ) -> Any:
         """A C++ decode/preprocess pipeline producing batches for this model's input
         (featx.runtime.pipeline.batch_pipeline)."""
         return batch_pipeline(
-            self.metadata.preprocess,
-            self.metadata.io_dtype,
-            paths,
-            batch_ends,
-            workers,
-            prefetch,
-            ranges,
-            fallback,
+            self.metadata.preprocess, self.metadata.io_dtype, items, batch_ends, workers, prefetch
         )
 
 
