@@ -4,7 +4,7 @@ files, every sample accounted for (damaged ones in errors.jsonl), the shard kind
 
 Shards are written as img2dataset writes them: Python's tarfile (what webdataset's TarWriter
 uses), members KEY.jpg, KEY.json, KEY.txt per sample in order, beside NNNNN.parquet and
-NNNNN_stats.json files in the output folder."""
+NNNNN_stats.json files in img2dataset's output folder."""
 
 import io
 import json
