@@ -7,7 +7,7 @@ from PIL import Image
 
 from featx.bench.corpus import make_corpus
 from featx.bench.eager import eager_extract
-from featx.features import build_feature_model
+from featx.features import extractor_feature_model
 from featx.models import get_extractor
 from featx.preprocess import reference_transform
 from featx.runtime.decode import open_rgb
@@ -77,13 +77,7 @@ def test_eager_extract_writes_the_features_of_every_image(corpus, tmp_path):
     preprocess = extractor.preprocess
     torch.manual_seed(0)
     model = randomize_batchnorm(extractor.build_model())
-    feature_model, _ = build_feature_model(
-        model,
-        layer=extractor.layer,
-        pool=extractor.pool,
-        normalize=False,
-        input_size=preprocess.crop_size,
-    )
+    feature_model, _ = extractor_feature_model(extractor, model, preprocess.crop_size)
     paths = corpus[:16]
     out_file = tmp_path / "features.npy"
 

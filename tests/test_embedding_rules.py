@@ -15,7 +15,7 @@ from torch import nn
 
 import featx
 from featx.cli import main
-from featx.features import build_feature_model
+from featx.features import extractor_feature_model
 from featx.models import get_extractor
 from featx.models.torchvision_models import torchvision_names
 from featx.parity import FP32_MAX_REL, FP32_MIN_COSINE, compare
@@ -84,14 +84,7 @@ def test_every_torchvision_classifier_embeds_its_classifier_input(name):
 
     if name in CURATED_ELSEWHERE:
         extractor = dataclasses.replace(extractor, layer=None, pool="none", embedding="classifier")
-    feature_model, layout = build_feature_model(
-        model,
-        layer=extractor.layer,
-        pool=extractor.pool,
-        normalize=False,
-        input_size=size,
-        embedding=extractor.embedding,
-    )
+    feature_model, layout = extractor_feature_model(extractor, model, size)
     assert layout.rule == ("classifier" if extractor.embedding == "classifier" else "layer")
     with torch.no_grad():
         expected = oracle(probe).flatten(1)

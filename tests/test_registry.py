@@ -3,7 +3,7 @@ import torch
 from torchvision.models import get_model_weights
 
 from featx import FeatxError
-from featx.features import build_feature_model
+from featx.features import build_feature_model, extractor_feature_model
 from featx.models import get_extractor, list_extractors
 
 REQUIRED = {
@@ -31,12 +31,8 @@ def test_registry_holds_the_curated_backbones_and_seed_models():
 def test_declared_feature_info_matches_the_traced_model(name):
     extractor = get_extractor(name)
     torch.manual_seed(0)
-    _, layout = build_feature_model(
-        extractor.build_model(),
-        layer=extractor.layer,
-        pool=extractor.pool,
-        normalize=False,
-        input_size=extractor.preprocess.crop_size,
+    _, layout = extractor_feature_model(
+        extractor, extractor.build_model(), extractor.preprocess.crop_size
     )
     assert layout.traced
     assert layout.embedding_dim == extractor.feature_info.dim

@@ -15,7 +15,7 @@ import featx
 from featx.cli import main
 from featx.data.digits import label_of, write_digits
 from featx.evaluation import score_features
-from featx.features import build_feature_model
+from featx.features import extractor_feature_model
 from featx.models import get_extractor
 from featx.models.checkpoint import load_model, save_checkpoint
 from featx.runtime.metadata import Preprocess
@@ -49,9 +49,7 @@ def _encoder_knn(model: torch.nn.Module, arch: str, data: Path, size: int) -> fl
     samples = load_training_data(data).samples
     dataset = ImageDataset(samples, eval_transform(preprocess))
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    encoder, _ = build_feature_model(
-        model, layer=extractor.layer, pool=extractor.pool, normalize=False, input_size=size
-    )
+    encoder, _ = extractor_feature_model(extractor, model, size)
     with torch.no_grad():
         features = encoder(images).numpy()
     return score_features(features, [s.label for s in samples]).knn_accuracy

@@ -27,7 +27,7 @@ from featx.features import (
     CLASSIFIER_INPUT,
     PRE_LOGITS,
     FeatureLayout,
-    build_feature_model,
+    extractor_feature_model,
     trace_whole,
 )
 from featx.fold import FoldReport, fold_batchnorm
@@ -110,13 +110,13 @@ def export(
         else Preprocess.for_crop(input_size, extractor.preprocess)
     )
     stage("selecting feature layer")
-    reference, layout = build_feature_model(
+    reference, layout = extractor_feature_model(
+        extractor,
         loaded.module,
-        layer=layer if layer is not None else extractor.layer,
-        pool=pool if pool is not None else extractor.pool,
+        preprocess.crop_size,
+        layer=layer,
+        pool=pool,
         normalize=normalize,
-        input_size=preprocess.crop_size,
-        embedding=extractor.embedding,
     )
 
     stage("folding BatchNorm")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from featx.models.registry import EMBEDDINGS
+from featx.models.registry import EMBEDDINGS, Extractor
 from featx.runtime.errors import FeatxError
 from featx.runtime.metadata import POOLINGS
 
@@ -212,6 +212,27 @@ def build_feature_model(
         embedding_dim=embedding_dim,
         stride=_stride(shape, input_size),
         traced=traced,
+    )
+
+
+def extractor_feature_model(
+    extractor: Extractor,
+    module: nn.Module,
+    input_size: int,
+    *,
+    layer: str | None = None,
+    pool: str | None = None,
+    normalize: bool = False,
+) -> tuple[FeatureModel, FeatureLayout]:
+    """`build_feature_model` of ``module`` with ``extractor``'s defaults (its layer, pooling and
+    embedding rule); ``layer`` and ``pool`` override the first two."""
+    return build_feature_model(
+        module,
+        layer=layer if layer is not None else extractor.layer,
+        pool=pool if pool is not None else extractor.pool,
+        normalize=normalize,
+        input_size=input_size,
+        embedding=extractor.embedding,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from featx.features import build_feature_model
+from featx.features import extractor_feature_model
 from featx.fusion import fuse as fuse_model
 from featx.models.checkpoint import load_model
 from featx.runtime.errors import FeatxError
@@ -49,13 +49,8 @@ class TorchRunner:
         loaded = load_model(path, arch=arch)
         extractor = loaded.extractor
         self.preprocess: Preprocess = extractor.preprocess
-        feature_model, layout = build_feature_model(
-            loaded.module,
-            layer=extractor.layer,
-            pool=extractor.pool,
-            embedding=extractor.embedding,
-            normalize=False,
-            input_size=self.preprocess.crop_size,
+        feature_model, layout = extractor_feature_model(
+            extractor, loaded.module, self.preprocess.crop_size
         )
         if fuse:
             feature_model = fuse_model(feature_model)

@@ -20,7 +20,7 @@ import torch
 from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from featx.features import build_feature_model
+from featx.features import extractor_feature_model
 from featx.fold import fold_batchnorm
 from featx.models import get_extractor
 from featx.models.checkpoint import save_checkpoint
@@ -63,13 +63,8 @@ class ModelAssets:
         self.arch = arch
         self.module = randomize_batchnorm(extractor.build_model()).eval()
         self.preprocess: Preprocess = extractor.preprocess
-        self.feature_model, _ = build_feature_model(
-            self.module,
-            layer=extractor.layer,
-            pool=extractor.pool,
-            embedding=extractor.embedding,
-            normalize=False,
-            input_size=self.preprocess.crop_size,
+        self.feature_model, _ = extractor_feature_model(
+            extractor, self.module, self.preprocess.crop_size
         )
         self.work_dir = work_dir
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featx.features import build_feature_model
+from featx.features import extractor_feature_model
 from featx.models.registry import Extractor
 from featx.models.seeds import SimSiam
 
@@ -24,14 +24,7 @@ def build_simsiam(extractor: Extractor, input_size: int) -> tuple[nn.Module, Sim
     model = extractor.build_model(None)
     if isinstance(model, SimSiam):
         return model, model
-    encoder, layout = build_feature_model(
-        model,
-        layer=extractor.layer,
-        pool=extractor.pool,
-        normalize=False,
-        input_size=input_size,
-        embedding=extractor.embedding,
-    )
+    encoder, layout = extractor_feature_model(extractor, model, input_size)
     return model, SimSiam(encoder, encoder_dim=layout.embedding_dim)
 
 
