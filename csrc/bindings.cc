@@ -232,7 +232,7 @@ PYBIND11_MODULE(_runner, m) {
       py::arg("path"), py::arg("spec"),
       "Decode + preprocess an image file -> (status 'ok'|'fallback'|'error', message, tensor or "
       "None). 'fallback': not decoded here (PNG, CMYK JPEG, ...); decode it with "
-      "featx.preprocess.decode_rgb and call preprocess_rgb.");
+      "featx.runtime.decode.decode_rgb and call preprocess_rgb.");
   m.def(
       "preprocess_rgb",
       [](const py::array_t<uint8_t, py::array::c_style>& rgb, const py::dict& spec_dict) {

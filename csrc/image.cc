@@ -166,7 +166,6 @@ TensorType parse_tensor_type(const std::string& name) {
 
 DecodeResult preprocess_encoded(const uint8_t* data, size_t size, const PreprocessSpec& spec,
                                 void* out) {
-  spec.validate();
   if (size == 0) return {DecodeStatus::kError, "empty file"};
   if (!is_jpeg(data, size)) return {DecodeStatus::kNeedsFallback, "not a JPEG"};
 
@@ -191,7 +190,6 @@ DecodeResult preprocess_encoded(const uint8_t* data, size_t size, const Preproce
 }
 
 DecodeResult preprocess_file(const std::string& path, const PreprocessSpec& spec, void* out) {
-  spec.validate();
   Buffers& buffers = thread_buffers();
   const int read_error = read_file(path, buffers.file);
   DecodeResult result =
@@ -214,7 +212,6 @@ DecodeResult preprocess_range(const std::string& path, int64_t offset, int64_t s
 
 void preprocess_rgb(const uint8_t* rgb, int height, int width, const PreprocessSpec& spec,
                     void* out) {
-  spec.validate();
   require(height >= 1 && width >= 1, "image must be at least 1x1, got " + std::to_string(width) +
                                          "x" + std::to_string(height));
   require(resize_crop_normalize(rgb, height, width, spec, out),

@@ -29,7 +29,8 @@ struct PreprocessSpec {
   // Decoded images above this many pixels are refused before any pixel memory is allocated.
   int64_t max_pixels = 178956970;  // PIL's decompression-bomb error threshold (2x its warning)
 
-  // Throws std::invalid_argument naming the field that is out of range.
+  // Throws std::invalid_argument naming the field that is out of range. Done once where a spec
+  // is made (spec_from_dict, BatchPipeline); the per-image functions below take a valid spec.
   void validate() const;
   // Elements of one preprocessed image: 3 * crop_size * crop_size.
   size_t tensor_elements() const;
