@@ -72,51 +72,77 @@ def read_inputs(
     if not isinstance(source, (str, Path)):
         paths = [str(p) for p in source]
         return Inputs(paths, paths, inputs_fingerprint(paths))
-    shards = tar_shards(source)
-    if shards is None:
-        paths = list_inputs(source)
-        return Inputs(paths, paths, inputs_fingerprint(paths))
+    names, shards = _named_files(source)
+    if not shards:
+        return Inputs(names, names, inputs_fingerprint(names))
     extensions = [e.lower().lstrip(".") for e in image_extensions if e.strip(" .")]
     if not extensions:
         raise FeatxError("--image-ext names no extension; give e.g. jpg,png")
-    return _tar_inputs(shards, extensions)
+    return _tar_inputs(names, extensions)
 
 
-def tar_shards(source: str | Path) -> list[str] | None:
-    """The WebDataset shards ``source`` names, in order, or None when it names image files."""
+def list_inputs(source: str | Path) -> list[str]:
+    """The image paths named by ``source``, in featx's documented order."""
+    names, shards = _named_files(source)
+    if shards:
+        raise FeatxError(f"{source} names {TAR_SUFFIX} shards, not image files")
+    return names
+
+
+def _named_files(source: str | Path) -> tuple[list[str], bool]:
+    """The files ``source`` names, in order, and whether they are tar shards (else images);
+    the source is read once (a folder walked once, a list file read once)."""
     text = str(source)
     path = Path(text)
-    if path.is_file() and path.suffix == TAR_SUFFIX:
-        return [text]
     if path.is_dir():
-        tars = sorted(path.rglob(f"*{TAR_SUFFIX}"), key=lambda p: p.relative_to(path).as_posix())
-        if not tars:
-            return None
-        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*") if p.is_file()):
+        found = [
+            p
+            for p in path.rglob("*")
+            if (p.suffix == TAR_SUFFIX or p.suffix.lower() in IMAGE_SUFFIXES) and not p.is_dir()
+        ]
+        found.sort(key=lambda p: p.relative_to(path).as_posix())
+        tars = [str(p) for p in found if p.suffix == TAR_SUFFIX]
+        if tars and len(tars) != len(found):
             raise FeatxError(
                 f"{path} holds both image files and {TAR_SUFFIX} shards; point INPUT at one "
                 "kind (a folder of images, or the shards: a pattern or a list file of them)."
             )
-        return [str(p) for p in tars]
+        return (tars, True) if tars else ([str(p) for p in found], False)
+    if path.is_file() and path.suffix == TAR_SUFFIX:
+        return [text], True
     if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
         entries = _read_list(path)
         tars = [e for e in entries if e.endswith(TAR_SUFFIX)]
-        if not tars:
-            return None
-        if len(tars) != len(entries):
+        if tars and len(tars) != len(entries):
             raise FeatxError(
                 f"{path} lists both {TAR_SUFFIX} shards and other files; a list file names "
                 "images or shards, not both."
             )
-        return _existing(tars, str(path))
+        return (_existing(tars, text), True) if tars else (entries, False)
     if "{" in text and text.endswith(TAR_SUFFIX):
-        return _existing(list(braceexpand(text)), text)
-    if glob.has_magic(text) and text.endswith(TAR_SUFFIX):
-        matches = sorted(glob.glob(text, recursive=True))
+        return _existing(list(braceexpand(text)), text), True
+    if glob.has_magic(text):
+        shards = text.endswith(TAR_SUFFIX)
+        matches = sorted(
+            m
+            for m in glob.glob(text, recursive=True)
+            if (m.endswith(TAR_SUFFIX) if shards else Path(m).suffix.lower() in IMAGE_SUFFIXES)
+            and not Path(m).is_dir()
+        )
         if not matches:
-            raise FeatxError(f"the pattern {text!r} matches no {TAR_SUFFIX} files")
-        return matches
-    return None
+            kind = f"{TAR_SUFFIX}" if shards else "image"
+            raise FeatxError(f"the pattern {text!r} matches no {kind} files")
+        return matches, shards
+    if path.is_file():
+        raise FeatxError(
+            f"{path} is a single file; INPUT is a folder, a glob pattern (quote it) or a list "
+            f"file ({', '.join(sorted(LIST_SUFFIXES))}) with one path per line, or {TAR_SUFFIX} "
+            "shards."
+        )
+    raise FeatxError(
+        f"input {text!r} does not exist (expected a folder, a glob, a list file or "
+        f"{TAR_SUFFIX} shards)"
+    )
 
 
 def _existing(tars: list[str], named_by: str) -> list[str]:
@@ -171,36 +197,6 @@ def read_label_rows(path: Path) -> list[list[str]]:
     if rows and [cell.strip().lower() for cell in rows[0][:2]] == ["path", "label"]:
         rows = rows[1:]
     return rows
-
-
-def list_inputs(source: str | Path) -> list[str]:
-    """The image paths named by ``source``, in featx's documented order."""
-    text = str(source)
-    path = Path(text)
-    if path.is_dir():
-        found = [
-            p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()
-        ]
-        return [str(p) for p in sorted(found, key=lambda p: p.relative_to(path).as_posix())]
-    if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-        return _read_list(path)
-    if glob.has_magic(text):
-        matches = sorted(
-            m
-            for m in glob.glob(text, recursive=True)
-            if Path(m).suffix.lower() in IMAGE_SUFFIXES and not Path(m).is_dir()
-        )
-        if not matches:
-            raise FeatxError(f"the pattern {text!r} matches no image files")
-        return matches
-    if path.is_file():
-        raise FeatxError(
-            f"{path} is a single file; INPUT is a folder, a glob pattern (quote it) or a list "
-            f"file ({', '.join(sorted(LIST_SUFFIXES))}) with one path per line."
-        )
-    raise FeatxError(
-        f"input {text!r} does not exist (expected a folder, a glob, a list file or .tar shards)"
-    )
 
 
 def _read_list(list_file: Path) -> list[str]:
