@@ -10,7 +10,17 @@ ORT_HEADER_DIR=/usr/local/include/onnxruntime
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-have_turbojpeg() { [ -f /usr/include/turbojpeg.h ] && ldconfig -p | grep -q libturbojpeg; }
+# A compile-and-link probe checks exactly what the build needs. (`ldconfig -p | grep -q` fails at
+# random under pipefail: grep exits at its first match and ldconfig dies of SIGPIPE.)
+have_turbojpeg() {
+  local probe
+  probe=$(mktemp)
+  printf '#include <turbojpeg.h>\nint main(void) { return tjDestroy(tjInitDecompress()); }\n' |
+    cc -x c - -o "$probe" -lturbojpeg 2>/dev/null
+  local status=$?
+  rm -f "$probe"
+  return $status
+}
 have_ort_headers() { [ -f "$ORT_HEADER_DIR/onnxruntime_cxx_api.h" ]; }
 
 if ! have_turbojpeg; then
