@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -16,6 +17,7 @@
 #include "ort_library.h"
 #include "pipeline.h"
 #include "session.h"
+#include "sources.h"
 #include "tar.h"
 
 namespace py = pybind11;
@@ -118,6 +120,10 @@ std::unique_ptr<featx::Session> open_session(const std::string& path, const std:
 // job within this time even while a worker is stuck in a read.
 constexpr std::chrono::milliseconds kSignalCheckInterval{100};
 
+// Blocks with items still to decode that a block source holds: the one being decoded and the
+// next, ready; the reader fetches the one after while the first is finished.
+constexpr int kBlocksAhead = 2;
+
 py::tuple next_batch(featx::BatchPipeline& pipeline, const py::object& self) {
   featx::PreparedBatch batch;
   featx::BatchPipeline::Next got = featx::BatchPipeline::Next::kTimedOut;
@@ -162,20 +168,36 @@ struct ReleaseGilAndDelete {
   }
 };
 
-// The pipeline's fallback decoder from a Python callable: item -> (H, W, 3) uint8 RGB array, or
-// a str saying why the item is unusable. The workers call it concurrently, each taking the GIL
-// for the call (Pillow releases it while it decodes) and releasing it to preprocess.
+// `value` in a shared_ptr that deletes it with the GIL held, whichever thread drops the last
+// reference: how Python objects are kept by the pipeline's threads.
+template <typename T>
+std::shared_ptr<T> held_with_gil(T value) {
+  return std::shared_ptr<T>(std::make_unique<T>(std::move(value)).release(), [](T* object) {
+    py::gil_scoped_acquire gil;
+    std::default_delete<T>()(object);
+  });
+}
+
+// The pipeline's fallback decoder from a Python callable: (item, encoded bytes as a read-only
+// memoryview, valid only during the call) -> (H, W, 3) uint8 RGB array, or a str saying why the
+// item is unusable. The workers call it concurrently, each taking the GIL for the call (Pillow
+// releases it while it decodes) and releasing it to preprocess.
 featx::FallbackDecoder python_fallback(py::object decode, const featx::PreprocessSpec& spec) {
   if (decode.is_none()) return nullptr;
-  // Released with the GIL held, whichever thread drops the last reference.
-  std::shared_ptr<py::object> held(std::make_unique<py::object>(std::move(decode)).release(),
-                                   [](py::object* object) {
-                                     py::gil_scoped_acquire gil;
-                                     std::default_delete<py::object>()(object);
-                                   });
-  return [held, spec](int64_t item, void* out) -> featx::DecodeResult {
+  std::shared_ptr<py::object> held = held_with_gil(std::move(decode));
+  return [held, spec](int64_t item, const uint8_t* data, size_t size,
+                      void* out) -> featx::DecodeResult {
     py::gil_scoped_acquire gil;
-    const py::object decoded = (*held)(item);
+    py::memoryview encoded = py::memoryview::from_memory(data, static_cast<py::ssize_t>(size));
+    py::object decoded;
+    try {
+      decoded = (*held)(item, encoded);
+    } catch (...) {
+      encoded.attr("release")();
+      throw;
+    }
+    // The bytes belong to the pipeline: a view kept past the call would outlive them.
+    encoded.attr("release")();
     if (py::isinstance<py::str>(decoded)) {
       return {featx::DecodeStatus::kError, decoded.cast<std::string>()};
     }
@@ -190,6 +212,74 @@ featx::FallbackDecoder python_fallback(py::object decode, const featx::Preproces
     }
     return {};
   };
+}
+
+// What a Python block reader's block holds on to while the pipeline uses its memory.
+struct PythonBlock {
+  py::buffer data;
+  py::buffer_info data_view;
+  py::array_t<int64_t, py::array::c_style> starts;
+  py::array_t<int64_t, py::array::c_style> sizes;
+};
+
+// The pipeline's block reader from a Python callable: () -> None at the end, (count, reason)
+// for `count` items that cannot be read, or (data, starts, sizes): a bytes-like buffer and two
+// int64 arrays, one entry per item (size -1: no image). Nothing is copied: the block keeps the
+// buffer, released with the GIL once its last item is decoded.
+featx::BlockReader python_block_reader(py::object read) {
+  std::shared_ptr<py::object> held = held_with_gil(std::move(read));
+  return [held]() -> std::optional<featx::EncodedBlock> {
+    py::gil_scoped_acquire gil;
+    const py::object got = (*held)();
+    if (got.is_none()) return std::nullopt;
+    const auto parts = got.cast<py::tuple>();
+    featx::EncodedBlock block;
+    if (parts.size() == 2) {
+      block.count = parts[0].cast<int64_t>();
+      block.error = parts[1].cast<std::string>();
+      return block;
+    }
+    if (parts.size() != 3) {
+      throw std::invalid_argument(
+          "a block reader returns None, (count, reason) or (data, starts, sizes)");
+    }
+    PythonBlock kept{parts[0].cast<py::buffer>(),
+                     {},
+                     parts[1].cast<decltype(kept.starts)>(),
+                     parts[2].cast<decltype(kept.sizes)>()};
+    kept.data_view = kept.data.request();
+    if (kept.data_view.itemsize != 1 || kept.data_view.ndim != 1 || kept.starts.ndim() != 1 ||
+        kept.sizes.ndim() != 1 || kept.starts.shape(0) != kept.sizes.shape(0)) {
+      throw std::invalid_argument(
+          "a block is a 1-d bytes buffer and two 1-d int64 arrays of the same length");
+    }
+    block.count = kept.starts.shape(0);
+    block.data = static_cast<const uint8_t*>(kept.data_view.ptr);
+    block.data_size = static_cast<size_t>(kept.data_view.size);
+    block.starts = kept.starts.data();
+    block.sizes = kept.sizes.data();
+    block.memory = held_with_gil(std::move(kept));
+    return block;
+  };
+}
+
+// The source of a pipeline's items, from BatchPipeline's arguments.
+std::unique_ptr<featx::ItemSource> item_source(std::vector<std::string> paths,
+                                               std::vector<int64_t> offsets,
+                                               std::vector<int64_t> sizes, py::object blocks,
+                                               int64_t items) {
+  if (!blocks.is_none()) {
+    if (!paths.empty() || !offsets.empty() || !sizes.empty()) {
+      throw std::invalid_argument("items come from paths (and byte ranges) or from blocks");
+    }
+    return std::make_unique<featx::BlockSource>(items, python_block_reader(std::move(blocks)),
+                                                kBlocksAhead);
+  }
+  if (offsets.empty() && sizes.empty()) {
+    return std::make_unique<featx::FileSource>(std::move(paths));
+  }
+  return std::make_unique<featx::RangeSource>(std::move(paths), std::move(offsets),
+                                              std::move(sizes));
 }
 
 }  // namespace
@@ -291,23 +381,29 @@ PYBIND11_MODULE(_runner, m) {
 
   py::class_<featx::BatchPipeline, std::unique_ptr<featx::BatchPipeline, ReleaseGilAndDelete>>(
       m, "BatchPipeline")
-      .def(
-          py::init([](std::vector<std::string> paths, std::vector<int64_t> batch_ends,
-                      const py::dict& spec, int workers, int prefetch, std::vector<int64_t> offsets,
-                      std::vector<int64_t> sizes, py::object fallback) {
-            const featx::PreprocessSpec parsed = spec_from_dict(spec);
-            return std::unique_ptr<featx::BatchPipeline, ReleaseGilAndDelete>(
-                std::make_unique<featx::BatchPipeline>(
-                    std::move(paths), std::move(offsets), std::move(sizes), std::move(batch_ends),
-                    parsed, workers, prefetch, python_fallback(std::move(fallback), parsed))
-                    .release());
-          }),
-          py::arg("paths"), py::arg("batch_ends"), py::arg("spec"), py::arg("workers"),
-          py::arg("prefetch"), py::arg("offsets") = std::vector<int64_t>{},
-          py::arg("sizes") = std::vector<int64_t>{}, py::arg("fallback") = py::none(),
-          "Items are whole files, or with offsets/sizes byte ranges of them (tar members). "
-          "fallback(item) -> RGB array or str (why unusable) decodes, in the worker threads, "
-          "what the C++ decoder cannot; without it such rows come back as 'fallback'.")
+      .def(py::init([](std::vector<int64_t> batch_ends, const py::dict& spec, int workers,
+                       int prefetch, std::vector<std::string> paths, std::vector<int64_t> offsets,
+                       std::vector<int64_t> sizes, py::object blocks, py::object fallback) {
+             const featx::PreprocessSpec parsed = spec_from_dict(spec);
+             const int64_t items = batch_ends.empty() ? 0 : batch_ends.back();
+             auto source = item_source(std::move(paths), std::move(offsets), std::move(sizes),
+                                       std::move(blocks), items);
+             return std::unique_ptr<featx::BatchPipeline, ReleaseGilAndDelete>(
+                 std::make_unique<featx::BatchPipeline>(
+                     std::move(source), std::move(batch_ends), parsed, workers, prefetch,
+                     python_fallback(std::move(fallback), parsed))
+                     .release());
+           }),
+           py::arg("batch_ends"), py::arg("spec"), py::arg("workers"), py::arg("prefetch"),
+           py::arg("paths") = std::vector<std::string>{},
+           py::arg("offsets") = std::vector<int64_t>{}, py::arg("sizes") = std::vector<int64_t>{},
+           py::arg("blocks") = py::none(), py::arg("fallback") = py::none(),
+           "Items are whole files (paths), byte ranges of them (paths, offsets, sizes: tar "
+           "members), or come from blocks() -> None | (count, reason) | (data, starts, sizes), "
+           "called by a reading thread ahead of the workers (parquet record batches). "
+           "fallback(item, encoded: memoryview) -> RGB array or str (why unusable) decodes, in "
+           "the worker threads, what the C++ decoder cannot; without it such rows come back as "
+           "'fallback'.")
       .def(
           "next",
           [](py::object self) -> py::object {

@@ -1,16 +1,11 @@
 #include "image.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cmath>
-#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "file_io.h"
 #include "jpeg.h"
 #include "orientation.h"
 #include "resample.h"
@@ -33,34 +28,6 @@ std::string too_elongated(int height, int width, int resize_size) {
          " gives a longer side above 2^31 pixels";
 }
 
-// Thread-safe strerror: strerror_r is the XSI variant (returns int, fills the buffer) or the GNU
-// one (returns the message); the overloads accept either.
-[[maybe_unused]] const char* strerror_message(int /*xsi_result*/, const char* buffer) {
-  return buffer;
-}
-[[maybe_unused]] const char* strerror_message(const char* gnu_result, const char* /*buffer*/) {
-  return gnu_result;
-}
-
-std::string error_text(int code) {
-  char buffer[256] = "";
-  return strerror_message(strerror_r(code, buffer, sizeof buffer), buffer);
-}
-
-class FileDescriptor {
- public:
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  FileDescriptor(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(const FileDescriptor&) = delete;
-  ~FileDescriptor() {
-    if (fd_ >= 0) close(fd_);
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
 struct Buffers {
   std::vector<uint8_t> file;
   std::vector<uint8_t> decoded;
@@ -70,51 +37,6 @@ struct Buffers {
 Buffers& thread_buffers() {
   thread_local Buffers buffers;
   return buffers;
-}
-
-// Reads the whole file into `contents`; on failure returns errno.
-int read_file(const std::string& path, std::vector<uint8_t>& contents) {
-  const FileDescriptor file(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (file.get() < 0) return errno;
-  struct stat info{};
-  if (fstat(file.get(), &info) != 0) return errno;
-  if (S_ISDIR(info.st_mode)) return EISDIR;
-  // st_size is a hint (the file may change meanwhile): read until end of file.
-  contents.resize(info.st_size > 0 ? static_cast<size_t>(info.st_size) : 0);
-  size_t filled = 0;
-  while (true) {
-    if (filled == contents.size()) contents.resize(contents.empty() ? 65536 : contents.size() * 2);
-    const ssize_t got = read(file.get(), contents.data() + filled, contents.size() - filled);
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    if (got == 0) break;
-    filled += static_cast<size_t>(got);
-  }
-  contents.resize(filled);
-  return 0;
-}
-
-// Reads `size` bytes at `offset` into `contents`; on failure returns errno (EIO for a file that
-// ends before them).
-int read_range(const std::string& path, int64_t offset, int64_t size,
-               std::vector<uint8_t>& contents) {
-  const FileDescriptor file(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (file.get() < 0) return errno;
-  contents.resize(static_cast<size_t>(size));
-  size_t filled = 0;
-  while (filled < contents.size()) {
-    const ssize_t got = pread(file.get(), contents.data() + filled, contents.size() - filled,
-                              offset + static_cast<int64_t>(filled));
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    if (got == 0) return EIO;
-    filled += static_cast<size_t>(got);
-  }
-  return 0;
 }
 
 }  // namespace
@@ -192,17 +114,6 @@ DecodeResult preprocess_encoded(const uint8_t* data, size_t size, const Preproce
 DecodeResult preprocess_file(const std::string& path, const PreprocessSpec& spec, void* out) {
   Buffers& buffers = thread_buffers();
   const int read_error = read_file(path, buffers.file);
-  DecodeResult result =
-      read_error != 0 ? DecodeResult{DecodeStatus::kError, "cannot read: " + error_text(read_error)}
-                      : preprocess_encoded(buffers.file.data(), buffers.file.size(), spec, out);
-  release_if_outsized(buffers.file);
-  return result;
-}
-
-DecodeResult preprocess_range(const std::string& path, int64_t offset, int64_t size,
-                              const PreprocessSpec& spec, void* out) {
-  Buffers& buffers = thread_buffers();
-  const int read_error = read_range(path, offset, size, buffers.file);
   DecodeResult result =
       read_error != 0 ? DecodeResult{DecodeStatus::kError, "cannot read: " + error_text(read_error)}
                       : preprocess_encoded(buffers.file.data(), buffers.file.size(), spec, out);

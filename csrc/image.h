@@ -65,11 +65,6 @@ DecodeResult preprocess_encoded(const uint8_t* data, size_t size, const Preproce
 // Reads the file at `path` and calls preprocess_encoded. Unreadable files are kError.
 DecodeResult preprocess_file(const std::string& path, const PreprocessSpec& spec, void* out);
 
-// Reads `size` bytes at `offset` of the file at `path` (a member of a tar) and calls
-// preprocess_encoded. A read error or a short file is kError.
-DecodeResult preprocess_range(const std::string& path, int64_t offset, int64_t size,
-                              const PreprocessSpec& spec, void* out);
-
 // Preprocesses an already decoded, oriented RGB image (HWC uint8, rows contiguous).
 void preprocess_rgb(const uint8_t* rgb, int height, int width, const PreprocessSpec& spec,
                     void* out);

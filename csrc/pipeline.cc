@@ -4,36 +4,41 @@
 #include <cstring>
 #include <stdexcept>
 
-namespace featx {
+#include "scratch.h"
 
-BatchPipeline::BatchPipeline(std::vector<std::string> paths, std::vector<int64_t> offsets,
-                             std::vector<int64_t> sizes, std::vector<int64_t> batch_ends,
+namespace featx {
+namespace {
+
+// The reading worker's buffer for file contents, reused from one item to the next.
+std::vector<uint8_t>& thread_scratch() {
+  thread_local std::vector<uint8_t> scratch;
+  return scratch;
+}
+
+}  // namespace
+
+BatchPipeline::BatchPipeline(std::unique_ptr<ItemSource> source, std::vector<int64_t> batch_ends,
                              PreprocessSpec spec, int workers, int prefetch,
                              FallbackDecoder fallback)
-    : paths_(std::move(paths)),
-      offsets_(std::move(offsets)),
-      sizes_(std::move(sizes)),
+    : source_(std::move(source)),
       batch_ends_(std::move(batch_ends)),
+      items_(batch_ends_.empty() ? 0 : batch_ends_.back()),
       spec_(std::move(spec)),
       fallback_(std::move(fallback)),
       row_bytes_(spec_.tensor_elements() *
                  (spec_.output_type == TensorType::kFloat32 ? sizeof(float) : sizeof(uint16_t))) {
   spec_.validate();
+  if (!source_) throw std::invalid_argument("a pipeline needs an item source");
+  if (items_ != source_->size()) {
+    throw std::invalid_argument("batch_ends must end at the number of items (" +
+                                std::to_string(source_->size()) + ")");
+  }
   if (workers < 1) {
     throw std::invalid_argument("workers must be >= 1, got " + std::to_string(workers));
-  }
-  if (offsets_.size() != sizes_.size() || (!sizes_.empty() && sizes_.size() != paths_.size())) {
-    throw std::invalid_argument("offsets and sizes must both be empty or one per path (" +
-                                std::to_string(paths_.size()) + ")");
   }
   if (prefetch < 2) {
     // The consumer holds one buffer while the workers fill another; fewer cannot overlap.
     throw std::invalid_argument("prefetch must be >= 2 batches, got " + std::to_string(prefetch));
-  }
-  if (batch_ends_.empty() != paths_.empty() ||
-      (!batch_ends_.empty() && batch_ends_.back() != static_cast<int64_t>(paths_.size()))) {
-    throw std::invalid_argument("batch_ends must end at the number of paths (" +
-                                std::to_string(paths_.size()) + ")");
   }
   int64_t largest = 0;
   for (size_t b = 0; b < batch_ends_.size(); ++b) {
@@ -56,6 +61,7 @@ void BatchPipeline::cancel() {
     std::lock_guard<std::mutex> lock(mutex_);
     cancelled_ = true;
   }
+  source_->cancel();
   slot_released_.notify_all();
   batch_completed_.notify_all();
 }
@@ -65,7 +71,6 @@ int64_t BatchPipeline::batch_of(int64_t item) const {
 }
 
 void BatchPipeline::work() {
-  const int64_t items = static_cast<int64_t>(paths_.size());
   const int64_t ring = static_cast<int64_t>(slots_.size());
   for (;;) {
     int64_t item = 0;
@@ -73,7 +78,7 @@ void BatchPipeline::work() {
     Slot* slot = nullptr;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      if (cancelled_ || next_item_ == items) return;
+      if (cancelled_ || next_item_ == items_) return;
       item = next_item_++;
       const int64_t batch = batch_of(item);
       slot_released_.wait(lock, [&] { return cancelled_ || batch < released_batches_ + ring; });
@@ -89,14 +94,17 @@ void BatchPipeline::work() {
     void* out = slot->tensor.data() + row * row_bytes_;
     DecodeResult result;
     try {
-      if (sizes_.empty()) {
-        result = preprocess_file(paths_[item], spec_, out);
-      } else if (sizes_[item] < 0) {
-        result = {DecodeStatus::kError, "unusable sample"};
+      std::vector<uint8_t>& scratch = thread_scratch();
+      const EncodedItem encoded = source_->read(item, scratch);
+      if (!encoded.error.empty()) {
+        result = {DecodeStatus::kError, encoded.error};
       } else {
-        result = preprocess_range(paths_[item], offsets_[item], sizes_[item], spec_, out);
+        result = preprocess_encoded(encoded.data, encoded.size, spec_, out);
+        if (result.status == DecodeStatus::kNeedsFallback && fallback_) {
+          result = fallback_(item, encoded.data, encoded.size, out);
+        }
       }
-      if (result.status == DecodeStatus::kNeedsFallback && fallback_) result = fallback_(item, out);
+      release_if_outsized(scratch);
     } catch (...) {
       std::lock_guard<std::mutex> lock(mutex_);
       failure_ = std::current_exception();

@@ -11,40 +11,39 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "image.h"
+#include "sources.h"
 
 namespace featx {
 
 // A fully preprocessed batch; valid until the next call to BatchPipeline::next().
 struct PreparedBatch {
-  int64_t first_item = 0;  // index, in the pipeline's path list, of row 0
+  int64_t first_item = 0;  // index, among the pipeline's items, of row 0
   int64_t rows = 0;
   void* tensor = nullptr;  // rows x 3 x crop x crop of spec.output_type; failed rows are zeros
   const std::vector<DecodeResult>* results = nullptr;  // one per row
 };
 
 // Decodes an item the C++ decoder leaves to another decoder (status kNeedsFallback: PNG, WebP,
-// CMYK JPEG, ...) and preprocesses it into `out`; returns kOk or the reason it is unusable.
-// Called from the worker threads, concurrently.
-using FallbackDecoder = std::function<DecodeResult(int64_t item, void* out)>;
+// CMYK JPEG, ...) from its `size` encoded bytes at `data` and preprocesses it into `out`; returns
+// kOk or the reason it is unusable. Called from the worker threads, concurrently.
+using FallbackDecoder =
+    std::function<DecodeResult(int64_t item, const uint8_t* data, size_t size, void* out)>;
 
 class BatchPipeline {
  public:
-  // `batch_ends` partitions the paths into batches: batch b holds items
-  // [batch_ends[b-1], batch_ends[b]), strictly increasing, the last equal to paths.size().
-  // `offsets` and `sizes` are empty (each item is a whole file) or give each item's byte range
-  // in its file (a tar member); a negative size marks an item known to be unusable, reported as
-  // an error without a read. Throws std::invalid_argument naming the argument out of range.
-  // With `fallback`, the workers decode kNeedsFallback items with it; without, such rows stay
-  // kNeedsFallback (unusable, zeros).
-  BatchPipeline(std::vector<std::string> paths, std::vector<int64_t> offsets,
-                std::vector<int64_t> sizes, std::vector<int64_t> batch_ends, PreprocessSpec spec,
-                int workers, int prefetch, FallbackDecoder fallback = nullptr);
+  // The items are `source`'s, as many as `batch_ends` says: they are partitioned into batches,
+  // batch b holding items [batch_ends[b-1], batch_ends[b]) (strictly increasing). Throws
+  // std::invalid_argument naming the argument out of range. With `fallback`, the workers decode
+  // kNeedsFallback items with it; without, such rows stay kNeedsFallback (unusable, zeros).
+  BatchPipeline(std::unique_ptr<ItemSource> source, std::vector<int64_t> batch_ends,
+                PreprocessSpec spec, int workers, int prefetch, FallbackDecoder fallback = nullptr);
   ~BatchPipeline();
   BatchPipeline(const BatchPipeline&) = delete;
   BatchPipeline& operator=(const BatchPipeline&) = delete;
@@ -76,10 +75,9 @@ class BatchPipeline {
   int64_t batch_rows(int64_t batch) const { return batch_ends_[batch] - batch_start(batch); }
   Slot& slot_of(int64_t batch) { return slots_[batch % slots_.size()]; }
 
-  const std::vector<std::string> paths_;
-  const std::vector<int64_t> offsets_;
-  const std::vector<int64_t> sizes_;
+  const std::unique_ptr<ItemSource> source_;
   const std::vector<int64_t> batch_ends_;
+  const int64_t items_;
   const PreprocessSpec spec_;
   const FallbackDecoder fallback_;
   const size_t row_bytes_;

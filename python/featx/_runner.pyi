@@ -45,14 +45,15 @@ class Session:
 class BatchPipeline:
     def __init__(
         self,
-        paths: list[str],
         batch_ends: list[int],
         spec: dict[str, Any],
         workers: int,
         prefetch: int,
+        paths: list[str] = ...,
         offsets: list[int] = ...,
         sizes: list[int] = ...,
-        fallback: Callable[[int], np.ndarray | str] | None = None,
+        blocks: Callable[[], tuple[Any, ...] | None] | None = None,
+        fallback: Callable[[int, memoryview], np.ndarray | str] | None = None,
     ) -> None: ...
     def next(self) -> tuple[int, int, np.ndarray, list[tuple[str, str]]] | None: ...
     def cancel(self) -> None: ...

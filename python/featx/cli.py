@@ -90,6 +90,19 @@ def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(IMAGE_EXTENSIONS),
         help="tar shards: a sample's image is its member with the first of these extensions",
     )
+    parser.add_argument(
+        "--image-column",
+        help="parquet: the column of encoded images (binary, or a struct with 'bytes'); "
+        "default: the only such column",
+    )
+    parser.add_argument(
+        "--id-column", help="parquet: the column of row ids (default: FILE/ROW-INDEX)"
+    )
+    parser.add_argument(
+        "--keep-columns",
+        default="",
+        help="parquet: columns copied into the output rows, comma-separated (--format parquet)",
+    )
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -304,6 +317,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         fuse=args.fuse,
         arch=args.arch,
         image_extensions=[e.strip() for e in args.image_ext.split(",") if e.strip()],
+        image_column=args.image_column,
+        id_column=args.id_column,
+        keep_columns=[c.strip() for c in args.keep_columns.split(",") if c.strip()],
     )
     print_summary(summary, stdout)
     return 0

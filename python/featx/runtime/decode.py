@@ -37,19 +37,11 @@ def decode_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return _decode(path, str(path), max_pixels)
 
 
-def decode_rgb_range(
-    path: str | Path, offset: int, size: int, name: str, max_pixels: int = MAX_PIXELS
+def decode_rgb_bytes(
+    data: bytes | memoryview, name: str, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
-    """`decode_rgb` of the ``size`` bytes at ``offset`` of ``path`` (a tar member), which
-    messages call ``name``."""
-    try:
-        with open(path, "rb") as stream:
-            stream.seek(offset)
-            data = stream.read(size)
-    except OSError as err:
-        raise ImageDecodeError(f"{name}: cannot read: {err.strerror}") from err
-    if len(data) != size:
-        raise ImageDecodeError(f"{name}: the file ends inside the image")
+    """`decode_rgb` of an encoded image held in memory (a tar member, a parquet value, a file
+    the C++ pipeline read), which messages call ``name``."""
     return _decode(io.BytesIO(data), name, max_pixels)
 
 

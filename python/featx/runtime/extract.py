@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -26,12 +26,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from featx._version import __version__
-from featx.runtime.decode import decode_rgb, decode_rgb_range
+from featx.runtime.decode import decode_rgb_bytes
 from featx.runtime.errors import FeatxError, OutputWriteError, missing_extra
 from featx.runtime.files import file_sha256, make_folder
 from featx.runtime.inputs import IMAGE_EXTENSIONS, Inputs, read_inputs
 from featx.runtime.lock import OutputLock
-from featx.runtime.pipeline import PipelineItems
+from featx.runtime.parquet import ParquetColumns
+from featx.runtime.pipeline import FallbackDecoder, PipelineItems
 from featx.runtime.runner import Runner
 from featx.runtime.shards import (
     ERRORS,
@@ -111,6 +112,9 @@ def extract(
     fuse: bool = False,
     arch: str | None = None,
     image_extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    image_column: str | None = None,
+    id_column: str | None = None,
+    keep_columns: Sequence[str] = (),
 ) -> ExtractSummary:
     """Extracts embeddings of every image in ``inputs`` into shards under ``out_dir``.
 
@@ -118,8 +122,11 @@ def extract(
     one, ``False`` refuses to touch existing output; ``overwrite`` discards whatever is there.
     ``backend="onnx"`` runs a featx-exported .onnx file; ``backend="torch"`` runs a checkpoint
     (``arch`` for a plain state_dict) in PyTorch, through featx.fuse's kernels when ``fuse``.
-    ``inputs`` may name WebDataset tar shards (featx.runtime.inputs); ``image_extensions`` say
-    which member of a sample is its image, by preference.
+    ``inputs`` may name WebDataset tar shards or parquet files (featx.runtime.inputs);
+    ``image_extensions`` say which member of a tar sample is its image, by preference;
+    ``image_column`` and ``id_column`` which columns of parquet input hold the image and the id
+    (featx.runtime.parquet), and ``keep_columns`` are copied into the output rows (``fmt``
+    parquet).
     """
     started = time.perf_counter()
     console = console or Console(stderr=True)
@@ -128,7 +135,13 @@ def extract(
     workers = workers if workers is not None else (os.cpu_count() or 1)
     if workers < 1:
         raise FeatxError(f"--workers must be >= 1, got {workers}")
-    listed = read_inputs(inputs, image_extensions)
+    keep = tuple(keep_columns)
+    if keep and fmt != "parquet":
+        raise FeatxError(
+            "--keep-columns copies columns into the output's rows, which only parquet output "
+            "has: add --format parquet."
+        )
+    listed = read_inputs(inputs, image_extensions, ParquetColumns(image_column, id_column, keep))
     if not listed.ids:
         raise FeatxError(f"no images found in {inputs}")
     out = Path(out_dir)
@@ -149,6 +162,7 @@ def extract(
             "format": fmt,
             "dtype": dtype,
             "shard_size": shard_size,
+            **({"keep_columns": list(keep)} if keep else {}),
             **({"backend": backend, "fuse": fuse} if backend != ONNX_BACKEND else {}),
         },
         featx_version=__version__,
@@ -280,7 +294,7 @@ class _ShardRows:
     index: int
     first_input: int
     stop_input: int
-    ids: list[str] = field(default_factory=list)
+    usable_inputs: list[int] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
 
@@ -320,11 +334,7 @@ class _Extraction:
 
     def run(self, batch_size: int, workers: int, show_progress: bool, console: Console) -> None:
         order, batch_ends = self.plan(batch_size)
-        files = self.inputs.files
-        offsets, sizes = self.inputs.ranges(order)
-        items = PipelineItems(
-            [files[i] for i in order], offsets, sizes, self._fallback_decoder(order)
-        )
+        items = self.inputs.items.pipeline_items(order, self._fallback_decoder(order))
         pipeline = self.runner.pipeline(items, batch_ends, workers, PREFETCH_BATCHES)
         shards = iter(self.pending)
         current = self._open(next(shards, None))
@@ -367,39 +377,27 @@ class _Extraction:
         """Rows of the batch that hold images; the others' errors recorded."""
         usable = []
         for row, (input_index, (status, message)) in enumerate(zip(inputs, statuses, strict=True)):
-            input_id = self.inputs.ids[input_index]
             if input_index in self.inputs.unusable:
                 status, message = "error", self.inputs.unusable[input_index]
             if status == "ok":
                 usable.append(row)
-                shard.ids.append(input_id)
+                shard.usable_inputs.append(input_index)
             else:
-                shard.errors.append({"path": input_id, "reason": message})
+                shard.errors.append({"path": self.inputs.ids[input_index], "reason": message})
         return usable
 
-    def _fallback_decoder(self, order: list[int]) -> Callable[[int], np.ndarray | str]:
+    def _fallback_decoder(self, order: list[int]) -> FallbackDecoder:
         """The pipeline's decoder of its item ``i`` (input ``order[i]``) for what the C++ decoder
         leaves to PIL: the RGB array, or why the input is unusable."""
+        ids = self.inputs.ids
 
-        def decode(item: int) -> np.ndarray | str:
+        def decode(item: int, encoded: memoryview) -> np.ndarray | str:
             try:
-                return self._decode_in_python(order[item])
+                return decode_rgb_bytes(encoded, ids[order[item]])
             except (FeatxError, OSError, ValueError) as err:
                 return str(err)
 
         return decode
-
-    def _decode_in_python(self, input_index: int) -> np.ndarray:
-        """The PIL fallback's decode of an input the C++ decoder leaves to it."""
-        inputs = self.inputs
-        if inputs.offsets is None or inputs.sizes is None:
-            return decode_rgb(inputs.files[input_index])
-        return decode_rgb_range(
-            inputs.files[input_index],
-            inputs.offsets[input_index],
-            inputs.sizes[input_index],
-            inputs.ids[input_index],
-        )
 
     def _bounds(self, shard: int) -> tuple[int, int]:
         return shard * self.shard_size, min((shard + 1) * self.shard_size, len(self.inputs))
@@ -413,13 +411,16 @@ class _Extraction:
             if shard.embeddings
             else np.empty((0, self.runner.embedding_dim), np.float32)
         )
+        usable = shard.usable_inputs
+        kept = self.inputs.kept_columns
         self.job.shards[shard.index] = self.writer.write(
             shard.index,
             shard.first_input,
             shard.stop_input - shard.first_input,
-            shard.ids,
+            [self.inputs.ids[i] for i in usable],
             embeddings,
             shard.errors,
+            kept(usable) if kept is not None else None,
         )
         self.job.save(self.out)
 

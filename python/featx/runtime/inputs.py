@@ -13,6 +13,11 @@ Shards are taken in the order above, and the samples of each in file order; a sa
 ``SHARD/KEY`` (its tar's path, then its WebDataset key). The tar headers are indexed once by
 the C++ module (featx._runner.index_webdataset); the pipeline reads each sample's image by byte
 range, so nothing is extracted and no Python runs per sample on the way to the model.
+
+Parquet files with a column of encoded images are an INPUT the same ways (a ``.parquet`` file, a
+folder of them, a pattern, a list file); featx.runtime.parquet says which columns are read. A
+folder holding ``.tar`` shards is read as shards even with ``.parquet`` files beside them (the
+metadata tables img2dataset writes next to its tars).
 """
 
 from __future__ import annotations
@@ -24,135 +29,193 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 from braceexpand import braceexpand
 
 from featx.runtime.errors import FeatxError
 from featx.runtime.native import native
+from featx.runtime.parquet import PARQUET_SUFFIX, ParquetColumns, list_parquet
+from featx.runtime.pipeline import FallbackDecoder, PipelineItems
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 )
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 TAR_SUFFIX = ".tar"
+IMAGES = "images"
+SHARD_KINDS = {TAR_SUFFIX: "tar", PARQUET_SUFFIX: "parquet"}
+"""What a file of each suffix holds many images of, by name."""
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "jpe", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
 """A tar sample's image member: its member with the first of these extensions (--image-ext)."""
 
 
+class ItemReader(Protocol):
+    """How a job's inputs reach the C++ pipeline."""
+
+    def pipeline_items(
+        self, order: list[int], fallback: FallbackDecoder | None
+    ) -> PipelineItems: ...
+
+
+@dataclass(frozen=True)
+class FileItems:
+    """Input i is the whole file ``files[i]``."""
+
+    files: list[str]
+
+    def pipeline_items(self, order: list[int], fallback: FallbackDecoder | None) -> PipelineItems:
+        return PipelineItems([self.files[i] for i in order], fallback=fallback)
+
+
+@dataclass(frozen=True)
+class RangeItems:
+    """Input i is the ``sizes[i]`` bytes at ``offsets[i]`` of ``files[i]`` (a tar member; a
+    negative size: an input known to be unusable)."""
+
+    files: list[str]
+    offsets: list[int]
+    sizes: list[int]
+
+    def pipeline_items(self, order: list[int], fallback: FallbackDecoder | None) -> PipelineItems:
+        return PipelineItems(
+            [self.files[i] for i in order],
+            [self.offsets[i] for i in order],
+            [self.sizes[i] for i in order],
+            fallback=fallback,
+        )
+
+
 @dataclass
 class Inputs:
-    """A job's inputs in order. Input i is named ``ids[i]`` in the output and read from
-    ``files[i]``: the whole file, or with ``offsets``/``sizes`` the byte range of a tar member.
-    ``unusable`` maps inputs known to be unusable from the listing (a tar sample without an
-    image, a truncated tar) to the reason."""
+    """A job's inputs in order: input i is named ``ids[i]`` in the output and read through
+    ``items``. ``unusable`` maps inputs known to be unusable from the listing (a tar sample
+    without an image, a truncated tar, a parquet row without an id) to the reason.
+    ``kept_columns(inputs)``, for parquet input with --keep-columns, returns those columns'
+    values of ``inputs`` (a pyarrow table)."""
 
     ids: list[str]
-    files: list[str]
     fingerprint: str
-    offsets: list[int] | None = None
-    sizes: list[int] | None = None
+    items: ItemReader
     unusable: dict[int, str] = field(default_factory=dict)
+    kept_columns: Any = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def ranges(self, order: list[int]) -> tuple[list[int], list[int]]:
-        """The byte ranges (offsets, sizes) of inputs ``order``; empty lists when every input is
-        a whole file."""
-        if self.offsets is None or self.sizes is None:
-            return [], []
-        return [self.offsets[i] for i in order], [self.sizes[i] for i in order]
-
 
 def read_inputs(
-    source: str | Path | Sequence[str | Path], image_extensions: Sequence[str] = IMAGE_EXTENSIONS
+    source: str | Path | Sequence[str | Path],
+    image_extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    columns: ParquetColumns | None = None,
 ) -> Inputs:
-    """The inputs named by ``source`` (see the module doc; a sequence is a list of image files)."""
+    """The inputs named by ``source`` (see the module doc; a sequence is a list of image files).
+    ``image_extensions`` choose a tar sample's image member; ``columns`` name parquet input's
+    image, id and kept columns."""
     if not isinstance(source, (str, Path)):
         paths = [str(p) for p in source]
-        return Inputs(paths, paths, inputs_fingerprint(paths))
-    names, shards = _named_files(source)
-    if not shards:
-        return Inputs(names, names, inputs_fingerprint(names))
+        kind = IMAGES
+    else:
+        paths, kind = _named_files(source)
+    columns = columns or ParquetColumns()
+    if kind != "parquet" and columns != ParquetColumns():
+        raise FeatxError(
+            f"--image-column, --id-column and --keep-columns apply to parquet input; {source} "
+            f"names {kind} files"
+        )
+    if kind == IMAGES:
+        return Inputs(paths, inputs_fingerprint(paths), FileItems(paths))
+    if kind == "parquet":
+        listing = list_parquet(paths, columns)
+        kept = listing.items.kept_columns if columns.keep else None
+        return Inputs(listing.ids, listing.fingerprint, listing.items, listing.unusable, kept)
     extensions = [e.lower().lstrip(".") for e in image_extensions if e.strip(" .")]
     if not extensions:
         raise FeatxError("--image-ext names no extension; give e.g. jpg,png")
-    return _tar_inputs(names, extensions)
+    return _tar_inputs(paths, extensions)
 
 
 def list_inputs(source: str | Path) -> list[str]:
     """The image paths named by ``source``, in featx's documented order."""
-    names, shards = _named_files(source)
-    if shards:
-        raise FeatxError(f"{source} names {TAR_SUFFIX} shards, not image files")
+    names, kind = _named_files(source)
+    if kind != IMAGES:
+        raise FeatxError(f"{source} names {kind} files, not image files")
     return names
 
 
-def _named_files(source: str | Path) -> tuple[list[str], bool]:
-    """The files ``source`` names, in order, and whether they are tar shards (else images);
-    the source is read once (a folder walked once, a list file read once)."""
+def _named_files(source: str | Path) -> tuple[list[str], str]:
+    """The files ``source`` names, in order, and what they are: IMAGES, or the kind of shard
+    file (SHARD_KINDS) holding many images each; the source is read once (a folder walked once,
+    a list file read once)."""
     text = str(source)
     path = Path(text)
     if path.is_dir():
         found = [
             p
             for p in path.rglob("*")
-            if (p.suffix == TAR_SUFFIX or p.suffix.lower() in IMAGE_SUFFIXES) and not p.is_dir()
+            if (p.suffix in SHARD_KINDS or p.suffix.lower() in IMAGE_SUFFIXES) and not p.is_dir()
         ]
         found.sort(key=lambda p: p.relative_to(path).as_posix())
-        tars = [str(p) for p in found if p.suffix == TAR_SUFFIX]
-        if tars and len(tars) != len(found):
+        by_kind: dict[str, list[str]] = {}
+        for p in found:
+            by_kind.setdefault(SHARD_KINDS.get(p.suffix, IMAGES), []).append(str(p))
+        if "tar" in by_kind:
+            by_kind.pop("parquet", None)  # img2dataset's metadata tables beside its tars
+        if len(by_kind) > 1:
+            kinds = " and ".join(sorted(by_kind))
             raise FeatxError(
-                f"{path} holds both image files and {TAR_SUFFIX} shards; point INPUT at one "
-                "kind (a folder of images, or the shards: a pattern or a list file of them)."
+                f"{path} holds both {kinds} files; point INPUT at one kind (a folder of images, "
+                "or the shards: a pattern or a list file of them)."
             )
-        return (tars, True) if tars else ([str(p) for p in found], False)
-    if path.is_file() and path.suffix == TAR_SUFFIX:
-        return [text], True
+        kind, names = next(iter(by_kind.items()), (IMAGES, []))
+        return names, kind
+    if path.is_file() and path.suffix in SHARD_KINDS:
+        return [text], SHARD_KINDS[path.suffix]
     if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
         entries = _read_list(path)
-        tars = [e for e in entries if e.endswith(TAR_SUFFIX)]
-        if tars and len(tars) != len(entries):
+        kinds = {SHARD_KINDS.get(Path(e).suffix, IMAGES) for e in entries}
+        if len(kinds) > 1:
             raise FeatxError(
-                f"{path} lists both {TAR_SUFFIX} shards and other files; a list file names "
-                "images or shards, not both."
+                f"{path} lists both {' and '.join(sorted(kinds))} files; a list file names "
+                "images or shards of one kind, not several."
             )
-        return (_existing(tars, text), True) if tars else (entries, False)
-    if "{" in text and text.endswith(TAR_SUFFIX):
-        return _existing(list(braceexpand(text)), text), True
+        kind = kinds.pop() if kinds else IMAGES
+        return (entries if kind == IMAGES else _existing(entries, text)), kind
+    shard_kind = SHARD_KINDS.get(Path(text).suffix)
+    if "{" in text and shard_kind:
+        return _existing(list(braceexpand(text)), text), shard_kind
     if glob.has_magic(text):
-        shards = text.endswith(TAR_SUFFIX)
+        suffix = Path(text).suffix if shard_kind else None
         matches = sorted(
             m
             for m in glob.glob(text, recursive=True)
-            if (m.endswith(TAR_SUFFIX) if shards else Path(m).suffix.lower() in IMAGE_SUFFIXES)
+            if (m.endswith(suffix) if suffix else Path(m).suffix.lower() in IMAGE_SUFFIXES)
             and not Path(m).is_dir()
         )
         if not matches:
-            kind = f"{TAR_SUFFIX}" if shards else "image"
-            raise FeatxError(f"the pattern {text!r} matches no {kind} files")
-        return matches, shards
+            raise FeatxError(f"the pattern {text!r} matches no {suffix or 'image'} files")
+        return matches, shard_kind or IMAGES
     if path.is_file():
         raise FeatxError(
             f"{path} is a single file; INPUT is a folder, a glob pattern (quote it) or a list "
-            f"file ({', '.join(sorted(LIST_SUFFIXES))}) with one path per line, or {TAR_SUFFIX} "
-            "shards."
+            f"file ({', '.join(sorted(LIST_SUFFIXES))}) with one path per line, or "
+            f"{TAR_SUFFIX} / {PARQUET_SUFFIX} shards."
         )
     raise FeatxError(
-        f"input {text!r} does not exist (expected a folder, a glob, a list file or "
-        f"{TAR_SUFFIX} shards)"
+        f"input {text!r} does not exist (expected a folder, a glob, a list file, or "
+        f"{TAR_SUFFIX} / {PARQUET_SUFFIX} shards)"
     )
 
 
-def _existing(tars: list[str], named_by: str) -> list[str]:
-    missing = [t for t in tars if not Path(t).is_file()]
+def _existing(shards: list[str], named_by: str) -> list[str]:
+    missing = [t for t in shards if not Path(t).is_file()]
     if missing:
         raise FeatxError(
             f"{named_by} names {len(missing)} shards that do not exist ({missing[0]}, ...); "
             "fix the pattern or the list."
         )
-    return tars
+    return shards
 
 
 def _tar_inputs(shards: list[str], image_extensions: list[str]) -> Inputs:
@@ -179,14 +242,8 @@ def _tar_inputs(shards: list[str], image_extensions: list[str]) -> Inputs:
         sizes.append(shard_sizes)
     for sample_id in ids:
         digest.update(sample_id.encode("utf-8", "surrogateescape") + b"\0")
-    return Inputs(
-        ids,
-        files,
-        digest.hexdigest(),
-        np.concatenate(offsets).tolist(),
-        np.concatenate(sizes).tolist(),
-        unusable,
-    )
+    items = RangeItems(files, np.concatenate(offsets).tolist(), np.concatenate(sizes).tolist())
+    return Inputs(ids, digest.hexdigest(), items, unusable)
 
 
 def read_label_rows(path: Path) -> list[list[str]]:

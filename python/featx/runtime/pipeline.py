@@ -13,6 +13,15 @@ from featx.runtime.decode import MAX_PIXELS
 from featx.runtime.metadata import Preprocess
 from featx.runtime.native import native
 
+EncodedBlock = tuple[int, str] | tuple[Any, np.ndarray, np.ndarray]
+"""A block of a block reader: ``(data, starts, sizes)``, one int64 start and size per item into
+the bytes-like ``data`` (size -1: no image in that row), or ``(count, reason)`` for ``count``
+items that cannot be read."""
+
+FallbackDecoder = Callable[[int, memoryview], np.ndarray | str]
+"""``fallback(item, encoded)``: item ``item``'s RGB array decoded from its encoded bytes (a
+read-only view valid during the call only), or a str saying why it is unusable."""
+
 
 def spec_dict(preprocess: Preprocess, output: str = "float32") -> dict[str, Any]:
     """The spec of featx._runner.preprocess_file / preprocess_rgb for a preprocessing policy."""
@@ -30,17 +39,24 @@ def spec_dict(preprocess: Preprocess, output: str = "float32") -> dict[str, Any]
 
 @dataclass(frozen=True)
 class PipelineItems:
-    """What a pipeline reads, in order. Item i is the file ``paths[i]``, or, with ``offsets``
-    and ``sizes`` (one each per path), the ``sizes[i]`` bytes at ``offsets[i]`` of it (a tar
-    member; a negative size marks an item already known to be unusable). ``fallback(i)`` decodes
-    what the C++ decoder leaves (PNG, WebP, CMYK JPEG, ...) to an RGB array, or says why it
-    cannot (a str); the pipeline's worker threads call it, so those decodes run in parallel and
-    ahead of the model like the JPEGs. Without it such items are unusable ("fallback")."""
+    """What a pipeline reads, in order (as many items as its batches hold), each
 
-    paths: list[str]
+    - the file ``paths[i]``; or, with ``offsets`` and ``sizes`` (one each per path), the
+      ``sizes[i]`` bytes at ``offsets[i]`` of it (a tar member; a negative size marks an item
+      already known to be unusable);
+    - or, with ``blocks`` (and no paths), the next item of the blocks that ``blocks()`` returns
+      in order (None after the last): a thread of the pipeline calls it ahead of the decode
+      workers, and the bytes reach the decoder without a copy (parquet record batches).
+
+    ``fallback`` decodes what the C++ decoder leaves (PNG, WebP, CMYK JPEG, ...); the pipeline's
+    worker threads call it, so those decodes run in parallel and ahead of the model like the
+    JPEGs. Without it such items are unusable ("fallback")."""
+
+    paths: list[str] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
-    fallback: Callable[[int], np.ndarray | str] | None = None
+    blocks: Callable[[], EncodedBlock | None] | None = None
+    fallback: FallbackDecoder | None = None
 
 
 def batch_pipeline(
@@ -56,5 +72,13 @@ def batch_pipeline(
     at the end; ``tensor`` is valid until the next call."""
     spec = spec_dict(preprocess, output=output)
     return native().BatchPipeline(
-        items.paths, batch_ends, spec, workers, prefetch, items.offsets, items.sizes, items.fallback
+        batch_ends,
+        spec,
+        workers,
+        prefetch,
+        paths=items.paths,
+        offsets=items.offsets,
+        sizes=items.sizes,
+        blocks=items.blocks,
+        fallback=items.fallback,
     )

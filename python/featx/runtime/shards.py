@@ -3,7 +3,8 @@
 Layout of OUTDIR:
     features-00000.npy + ids-00000.json   (--format npy: float array (rows, D) and a JSON list
                                            of the input paths of those rows, in order)
-    features-00000.parquet                (--format parquet: columns `id` and `embedding`)
+    features-00000.parquet                (--format parquet: columns `id` and `embedding`, then
+                                           the input's --keep-columns)
     manifest.json                         model and input fingerprints, settings, and for every
                                           finished shard its files, rows, sha256 and errors
     errors.jsonl                          one {"path", "reason"} per input that was not usable
@@ -123,13 +124,16 @@ class ShardWriter:
         ids: list[str],
         features: np.ndarray,
         errors: list[dict[str, str]],
+        kept_columns: Any = None,
     ) -> dict[str, Any]:
+        """Writes shard ``index`` and returns its manifest entry; ``kept_columns`` (a pyarrow
+        table, one row per id) go into parquet output beside the embeddings."""
         features = np.ascontiguousarray(features, dtype=self.dtype)
         names = self.file_names(index)
         payloads = (
             {"features": _npy_bytes(features), "ids": json.dumps(ids).encode()}
             if self.fmt == "npy"
-            else {"features": _parquet_bytes(ids, features)}
+            else {"features": _parquet_bytes(ids, features, kept_columns)}
         )
         written = []
         try:
@@ -175,18 +179,19 @@ def _npy_bytes(features: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _parquet_bytes(ids: list[str], features: np.ndarray) -> bytes:
+def _parquet_bytes(ids: list[str], features: np.ndarray, kept_columns: Any) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     dim = features.shape[1] if features.ndim == 2 else 0
     values = pa.array(features.reshape(-1))
-    table = pa.table(
-        {
-            "id": pa.array(ids, pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(values, dim),
-        }
-    )
+    columns = {
+        "id": pa.array(ids, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(values, dim),
+    }
+    if kept_columns is not None:
+        columns.update(zip(kept_columns.column_names, kept_columns.columns, strict=True))
+    table = pa.table(columns)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
