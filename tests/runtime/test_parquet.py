@@ -7,6 +7,7 @@ import io
 import json
 import threading
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +20,8 @@ from featx.runtime.metadata import Preprocess
 from featx.runtime.native import native
 from featx.runtime.pipeline import spec_dict
 from featx.runtime.shards import read_features
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 ROW_GROUP_ROWS = 20
 
@@ -313,3 +316,53 @@ def test_block_reader_failures_stop_the_pipeline_with_their_error(corpus):
     errors = iter([(2, "cannot read row group 0 of x.parquet: damaged")])
     batch = native().BatchPipeline([2], spec, 1, 2, blocks=lambda: next(errors, None)).next()
     assert batch[3] == [("error", "cannot read row group 0 of x.parquet: damaged")] * 2
+
+
+def test_a_parquet_file_written_by_hugging_face_datasets(model, fixture_photos, tmp_path):
+    """fixtures/hf-photos.parquet: fixtures/photos written by Hugging Face datasets 5.2.0 as it
+    stores an image dataset on the Hub (``Dataset.from_dict({"image": paths, "label": ...})``,
+    ``cast_column("image", Image())``, bytes embedded with ``embed_table_storage``,
+    ``to_parquet``)."""
+    expected = _loose_features(model, fixture_photos, tmp_path / "files")
+    _extract(
+        model,
+        FIXTURES / "hf-photos.parquet",
+        tmp_path / "out",
+        keep_columns=["label"],
+        fmt="parquet",
+    )
+    table = pq.read_table(tmp_path / "out" / "features-00000.parquet")
+    assert table.column("label").to_pylist() == list(range(7))
+    ids, features, errors = read_features(tmp_path / "out")
+    assert not errors
+    assert ids == [f"{FIXTURES / 'hf-photos.parquet'}/{row}" for row in range(7)]
+    for name, feature in zip(sorted(expected), features, strict=True):
+        np.testing.assert_array_equal(feature, expected[name])
+
+
+def test_image_values_holding_a_path_instead_of_bytes_are_read_from_that_file(
+    model, corpus, tmp_path
+):
+    """``Dataset.to_parquet`` of images loaded from files writes ``{bytes: null, path}``."""
+    photos = sorted(corpus.iterdir())[:6]
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    for photo in photos[:4]:
+        (tmp_path / "data" / "images" / photo.name).write_bytes(photo.read_bytes())
+    rows = [
+        {"bytes": photos[0].read_bytes(), "path": None},
+        {"bytes": None, "path": f"images/{photos[1].name}"},  # relative to the parquet file
+        {"bytes": None, "path": str(tmp_path / "data" / "images" / photos[2].name)},
+        {"bytes": None, "path": "images/missing.jpg"},
+        {"bytes": photos[4].read_bytes(), "path": "kept.jpg"},
+        {"bytes": None, "path": f"images/{photos[3].name}"},
+    ]
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    pq.write_table(pa.table({"image": pa.array(rows, image_type)}), tmp_path / "data" / "t.parquet")
+    summary = _extract(model, tmp_path / "data" / "t.parquet", tmp_path / "out")
+    _, features, errors = read_features(tmp_path / "out")
+    assert (summary.rows, summary.errors) == (5, 1)
+    assert "no image bytes but the path images/missing.jpg" in errors[0]["reason"]
+    direct = read_features(
+        _extract(model, [*photos[:3], photos[4], photos[3]], tmp_path / "f").out_dir
+    )
+    np.testing.assert_array_equal(features, direct[1])

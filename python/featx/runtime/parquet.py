@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,7 +86,7 @@ def list_parquet(files: Sequence[str], columns: ParquetColumns) -> ParquetListin
     for row_id in ids:
         digest.update(row_id.encode("utf-8", "surrogateescape") + b"\0")
     kept = pa.schema([(name, layout.named[name]) for name in columns.keep])
-    items = ParquetItems(list(files), group_rows, image, layout.bytes_field, kept)
+    items = ParquetItems(list(files), group_rows, image, layout.image_type, kept)
     return ParquetListing(ids, unusable, digest.hexdigest(), items)
 
 
@@ -110,6 +112,14 @@ def _bytes_field(kind: pa.DataType) -> int | None:
     return index if index >= 0 and _is_binary(kind.field(index).type) else None
 
 
+def _path_field(kind: pa.DataType) -> int | None:
+    """The index of a struct's string ``path`` field (Hugging Face's Image feature), or None."""
+    if not pa.types.is_struct(kind):
+        return None
+    index = kind.get_field_index("path")
+    return index if index >= 0 and pa.types.is_string(kind.field(index).type) else None
+
+
 def _detect_image_column(path: str, schema: pa.Schema) -> str:
     candidates = [f.name for f in schema if _is_binary(f.type) or _bytes_field(f.type) is not None]
     if len(candidates) == 1:
@@ -133,7 +143,6 @@ class _ColumnLayout:
 
     image: str
     image_type: pa.DataType
-    bytes_field: int | None
     named: dict[str, pa.DataType]
 
     @classmethod
@@ -151,13 +160,12 @@ class _ColumnLayout:
                 f"{path} has no column {missing[0]!r}; its columns are {', '.join(schema.names)}."
             )
         image_type = schema.field(image).type
-        bytes_field = _bytes_field(image_type)
-        if not _is_binary(image_type) and bytes_field is None:
+        if not _is_binary(image_type) and _bytes_field(image_type) is None:
             raise FeatxError(
                 f"{path}: column {image!r} is {image_type}; an image column is binary, or a "
                 "struct with a binary 'bytes' field (Hugging Face's Image feature)."
             )
-        return cls(image, image_type, bytes_field, {n: schema.field(n).type for n in names})
+        return cls(image, image_type, {n: schema.field(n).type for n in names})
 
     def check(self, path: str, schema: pa.Schema) -> None:
         for name, kind in self.named.items():
@@ -196,12 +204,13 @@ class ParquetItems:
         files: list[str],
         group_rows: list[list[int]],
         image_column: str,
-        bytes_field: int | None,
+        image_type: pa.DataType,
         kept_schema: pa.Schema,
     ):
         self.files = files
         self.image_column = image_column
-        self.bytes_field = bytes_field
+        self.bytes_field = _bytes_field(image_type)
+        self.path_field = _path_field(image_type)
         self.kept_schema = kept_schema
         counts = [n for rows in group_rows for n in rows]
         self._group_file = np.repeat(np.arange(len(files)), [len(r) for r in group_rows])
@@ -259,7 +268,7 @@ class ParquetItems:
                         continue
                     piece = batch.column(0).slice(done - first, min(stop, position) - done)
                     done += len(piece)
-                    yield self._encoded(piece)
+                    yield from self._piece_blocks(piece, path)
                     if done == stop:
                         break
                 if done < stop:
@@ -279,21 +288,31 @@ class ParquetItems:
         per_row = max(image_bytes // max(metadata.num_rows, 1), 1)
         return int(min(max(BLOCK_BYTES // per_row, 1), MAX_BLOCK_ROWS))
 
-    def _encoded(self, values: pa.Array) -> tuple[Any, np.ndarray, np.ndarray]:
-        """A block of the C++ pipeline over ``values``' own buffers: the data buffer, and each
-        row's start and size in it (-1 for a null)."""
-        if self.bytes_field is not None:
-            values = values.flatten()[self.bytes_field]  # with the struct's offset and nulls
-        offset_type = np.int64 if pa.types.is_large_binary(values.type) else np.int32
-        _, offsets_buffer, data = values.buffers()
-        offsets = np.frombuffer(offsets_buffer, offset_type)[
-            values.offset : values.offset + len(values) + 1
-        ]
-        starts = offsets[:-1].astype(np.int64)
-        sizes = np.diff(offsets).astype(np.int64)
-        if values.null_count:
-            sizes[values.is_null().to_numpy(zero_copy_only=False)] = -1
-        return (data if data is not None else b""), starts, sizes
+    def _piece_blocks(self, piece: pa.Array, parquet_path: str) -> Iterator[EncodedBlock]:
+        """The blocks of one slice of the image column. A Hugging Face Image value may hold a
+        path instead of bytes (``Dataset.to_parquet`` of images loaded from files writes them
+        so): such rows are read from that file (relative to the parquet file's folder), one
+        block each; the rest stay zero-copy views of the batch."""
+        if self.bytes_field is None:
+            yield _encoded(piece)
+            return
+        fields = piece.flatten()  # with the struct's offset and nulls
+        images = fields[self.bytes_field]
+        if self.path_field is None or not images.null_count:
+            yield _encoded(images)
+            return
+        paths = fields[self.path_field]
+        by_path = images.is_null().to_numpy(zero_copy_only=False) & paths.is_valid().to_numpy(
+            zero_copy_only=False
+        )
+        edges = [0, *(np.flatnonzero(np.diff(by_path)) + 1).tolist(), len(by_path)]
+        folder = Path(parquet_path).parent
+        for first, stop in itertools.pairwise(edges):
+            if not by_path[first]:
+                yield _encoded(images.slice(first, stop - first))
+                continue
+            for row in range(first, stop):
+                yield _file_block(paths[row].as_py(), folder)
 
     def kept_columns(self, inputs: list[int]) -> pa.Table:
         """The --keep-columns values of ``inputs`` (ascending), one row each."""
@@ -319,3 +338,28 @@ class ParquetItems:
             ) from err
         self._kept_cache = (group, table)
         return table
+
+
+def _encoded(values: pa.Array) -> tuple[Any, np.ndarray, np.ndarray]:
+    """A block of the C++ pipeline over a binary array's own buffers: the data buffer, and each
+    row's start and size in it (-1 for a null)."""
+    offset_type = np.int64 if pa.types.is_large_binary(values.type) else np.int32
+    _, offsets_buffer, data = values.buffers()
+    offsets = np.frombuffer(offsets_buffer, offset_type)[
+        values.offset : values.offset + len(values) + 1
+    ]
+    starts = offsets[:-1].astype(np.int64)
+    sizes = np.diff(offsets).astype(np.int64)
+    if values.null_count:
+        sizes[values.is_null().to_numpy(zero_copy_only=False)] = -1
+    return (data if data is not None else b""), starts, sizes
+
+
+def _file_block(path: str, folder: Path) -> EncodedBlock:
+    """The one-row block of an image that a parquet row names by path."""
+    resolved = Path(path) if Path(path).is_absolute() else folder / path
+    try:
+        data = resolved.read_bytes()
+    except OSError as err:
+        return 1, f"the row holds no image bytes but the path {path}, which cannot be read: {err}"
+    return data, np.zeros(1, np.int64), np.array([len(data)], np.int64)
