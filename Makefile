@@ -80,8 +80,8 @@ bench-extract: setup
 		--backends ort-python,runner,extract-e2e,preprocess --e2e-images 2000 --e2e-repeats 1 \
 		--output $(BENCH_OUT)-extract.json --plot $(BENCH_OUT)-extract.png
 
-# Issue 13's input kinds: 2,000 JPEGs as files and as one WebDataset tar (extract-e2e's featx and
-# featx-tar rows), ResNet-50 and a decode-bound small model; then 200,000 small images in 20
+# Issue 13's input kinds: 2,000 JPEGs as files, as one WebDataset tar and as one parquet file
+# (extract-e2e's featx, featx-tar and featx-parquet rows), ResNet-50 and a decode-bound small model; then 200,000 small images in 20
 # tar shards, images/s and peak RSS.
 bench-inputs: setup
 	$(VENV)/bin/featx bench --model resnet50,small_cnn --batch-sizes 32 --backends extract-e2e \

@@ -202,6 +202,7 @@ def test_bench_cli_writes_result_json_and_plot(small_run):
         "extract-e2e/small_cnn/eager/float32/bs2/cpu",
         "extract-e2e/small_cnn/featx/float32/bs2/cpu",
         "extract-e2e/small_cnn/featx-tar/float32/bs2/cpu",
+        "extract-e2e/small_cnn/featx-parquet/float32/bs2/cpu",
         "extract-e2e/small_cnn/featx-half-png/float32/bs2/cpu",
         "preprocess/resnet50/pil/float32/bs1/cpu",
         "preprocess/resnet50/cpp/float32/bs1/cpu",

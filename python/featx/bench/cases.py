@@ -4,8 +4,9 @@
   backend (featx.bench.backends), at one batch size, on one device.
 - ``extract-e2e``: a whole extraction from JPEG files to saved features, decode included: the
   eager PyTorch loop users write (``eager``) against ``featx extract`` (``featx``),
-  ``featx extract`` over the same JPEGs packed in one WebDataset tar (``featx-tar``), and over
-  the same images with every second one stored as PNG (``featx-half-png``: PIL decodes those,
+  ``featx extract`` over the same JPEGs packed in one WebDataset tar (``featx-tar``) and in one
+  parquet file's binary column as img2dataset writes it (``featx-parquet``), and over the same
+  images with every second one stored as PNG (``featx-half-png``: PIL decodes those,
   in the pipeline's worker threads).
 - ``preprocess``: decode + resize + crop + normalise of JPEG files, one at a time on one thread:
   PIL + torchvision (``pil``) against featx's C++ pipeline (``cpp``).
@@ -32,7 +33,7 @@ MODEL_BACKENDS = (
     "ort-python",
     "runner",
 )
-E2E_BACKENDS = ("eager", "featx", "featx-tar", "featx-half-png")
+E2E_BACKENDS = ("eager", "featx", "featx-tar", "featx-parquet", "featx-half-png")
 PREPROCESS_BACKENDS = ("pil", "cpp")
 CONV_BACKENDS = ("eager-channels_last", "eager-nchw", "compile", "featx")
 ATTENTION_BACKENDS = ("sdpa", "unfused", "featx")

@@ -88,6 +88,29 @@ def webdataset_shard(paths: Sequence[str | Path], tar_path: Path) -> Path:
     return tar_path
 
 
+def parquet_table(paths: Sequence[str | Path], parquet_path: Path) -> Path:
+    """``paths`` as one parquet file in their order, as img2dataset's parquet output writes them
+    (a binary ``jpg`` column beside ``key`` and ``url``; pyarrow's default row groups), written
+    once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if parquet_path.exists():
+        return parquet_path
+    parquet_path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "key": [f"{index:09d}" for index in range(len(paths))],
+            "url": [Path(path).as_uri() for path in paths],
+            "jpg": pa.array([Path(path).read_bytes() for path in paths], pa.binary()),
+        }
+    )
+    partial = parquet_path.with_suffix(".partial")
+    pq.write_table(table, partial)
+    partial.rename(parquet_path)
+    return parquet_path
+
+
 def half_png_copy(paths: Sequence[str | Path], folder: Path) -> list[Path]:
     """``paths`` with every second JPEG stored as a PNG of its PIL-decoded pixels (the same
     image to the eager reference, which decodes the JPEG with PIL), written once."""

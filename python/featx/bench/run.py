@@ -30,6 +30,7 @@ from featx.bench.extraction import (
     cpp_preprocess_pass,
     featx_extract_job,
     half_png_copy,
+    parquet_table,
     webdataset_shard,
 )
 from featx.bench.report import (
@@ -197,6 +198,10 @@ class Bench:
                 tar_name = f"corpus-{len(paths)}.tar"
                 inputs = webdataset_shard(paths, self.work_dir / "webdataset" / tar_name)
                 note = "featx extract of one WebDataset tar: members read by byte range"
+            elif case.backend == "featx-parquet":
+                parquet_name = f"corpus-{len(paths)}.parquet"
+                inputs = parquet_table(paths, self.work_dir / "parquet" / parquet_name)
+                note = "featx extract of one parquet file: record batches handed to C++ as is"
             elif case.backend == "featx-half-png":
                 inputs = half_png_copy(paths, self.work_dir / "half-png")
                 note = "featx extract, every second image a PNG (PIL in the decode workers)"
