@@ -81,13 +81,14 @@ bench-extract: setup
 		--output $(BENCH_OUT)-extract.json --plot $(BENCH_OUT)-extract.png
 
 # Issue 13's input kinds: 2,000 JPEGs as files, as one WebDataset tar and as one parquet file
-# (extract-e2e's featx, featx-tar and featx-parquet rows), ResNet-50 and a decode-bound small model; then 200,000 small images in 20
-# tar shards, images/s and peak RSS.
+# (extract-e2e's featx, featx-tar and featx-parquet rows), ResNet-50 and a decode-bound small
+# model; then 200,000 small images in 20 tar shards, and in 20 parquet files: images/s, peak RSS.
 bench-inputs: setup
 	$(VENV)/bin/featx bench --model resnet50,small_cnn --batch-sizes 32 --backends extract-e2e \
 		--e2e-images 2000 --e2e-repeats 1 \
 		--output $(BENCH_OUT)-inputs.json --plot $(BENCH_OUT)-inputs.png
-	$(PY) benchmarks/tar_scale.py --output benchmarks/results/tar-scale-cpu.json
+	$(PY) benchmarks/input_scale.py --kind tar --output benchmarks/results/tar-scale-cpu.json
+	$(PY) benchmarks/input_scale.py --kind parquet --output benchmarks/results/parquet-scale-cpu.json
 
 # The same cases through pytest-benchmark; add --benchmark-compare --benchmark-compare-fail=median:10%
 # to PYTEST_ARGS to fail on a regression against the last saved run.

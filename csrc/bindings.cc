@@ -214,12 +214,14 @@ featx::FallbackDecoder python_fallback(py::object decode, const featx::Preproces
   };
 }
 
+using Int64Array = py::array_t<int64_t, py::array::c_style>;
+
 // What a Python block reader's block holds on to while the pipeline uses its memory.
 struct PythonBlock {
   py::buffer data;
   py::buffer_info data_view;
-  py::array_t<int64_t, py::array::c_style> starts;
-  py::array_t<int64_t, py::array::c_style> sizes;
+  Int64Array starts;
+  Int64Array sizes;
 };
 
 // The pipeline's block reader from a Python callable: () -> None at the end, (count, reason)
@@ -243,10 +245,8 @@ featx::BlockReader python_block_reader(py::object read) {
       throw std::invalid_argument(
           "a block reader returns None, (count, reason) or (data, starts, sizes)");
     }
-    PythonBlock kept{parts[0].cast<py::buffer>(),
-                     {},
-                     parts[1].cast<decltype(kept.starts)>(),
-                     parts[2].cast<decltype(kept.sizes)>()};
+    PythonBlock kept{
+        parts[0].cast<py::buffer>(), {}, parts[1].cast<Int64Array>(), parts[2].cast<Int64Array>()};
     kept.data_view = kept.data.request();
     if (kept.data_view.itemsize != 1 || kept.data_view.ndim != 1 || kept.starts.ndim() != 1 ||
         kept.sizes.ndim() != 1 || kept.starts.shape(0) != kept.sizes.shape(0)) {

@@ -13,9 +13,10 @@ PyTorch, optionally featx.fuse'd), so this module never imports the PyTorch side
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -173,8 +174,16 @@ def extract(
         with OutputLock(out):
             _prepare_out_dir(out, job, writer, resume, overwrite, console)
             prepared = True
-            extraction = _Extraction(runner, writer, job, out, listed, shard_size)
-            extraction.run(batch_size, workers, progress, console)
+            pending = [k for k in range(-(-len(listed) // shard_size)) if k not in job.shards]
+            resumed_inputs = sum(entry["inputs"] for entry in job.shards.values())
+
+            def record(entry: dict[str, Any]) -> None:
+                job.shards[entry["index"]] = entry
+                job.save(out)
+
+            with _progress_bar(console, progress, len(listed), resumed_inputs) as advance:
+                extraction = ShardExtraction(runner, writer, listed, shard_size, pending, record)
+                extraction.run(batch_size, workers, advance, console)
             job.complete = True
             job.save(out)
     except KeyboardInterrupt as err:
@@ -193,7 +202,7 @@ def extract(
         inputs=len(listed),
         rows=sum(s["rows"] for s in job.shards.values()),
         errors=sum(len(s["errors"]) for s in job.shards.values()),
-        resumed_inputs=extraction.resumed_inputs,
+        resumed_inputs=resumed_inputs,
         seconds=time.perf_counter() - started,
         out_dir=out,
     )
@@ -299,27 +308,54 @@ class _ShardRows:
     errors: list[dict[str, str]] = field(default_factory=list)
 
 
-class _Extraction:
-    """Runs the pending shards of a job through the pipeline and the model, in input order."""
+@contextlib.contextmanager
+def _progress_bar(
+    console: Console, show: bool, total: int, completed: int
+) -> Iterator[Callable[[int], None]]:
+    """A progress bar over a job's ``total`` inputs, ``completed`` of them done before; yields
+    ``advance(inputs)``, which also shows this run's rate."""
+    with Progress(
+        TextColumn("extracting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>7.1f} img/s"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not show,
+    ) as progress:
+        task = progress.add_task("", total=total, completed=completed, rate=0.0)
+        started = time.perf_counter()
+        done = 0
+
+        def advance(inputs: int) -> None:
+            nonlocal done
+            done += inputs
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            progress.update(task, advance=inputs, rate=done / elapsed)
+
+        yield advance
+
+
+class ShardExtraction:
+    """Runs shards ``pending`` of a job (in that order) through the pipeline and the model and
+    writes each with ``writer``; ``on_shard`` gets each finished shard's manifest entry. Shard k
+    is inputs [k * shard_size, (k + 1) * shard_size)."""
 
     def __init__(
         self,
         runner: ModelBackend,
         writer: ShardWriter,
-        job: Manifest,
-        out: Path,
         inputs: Inputs,
         shard_size: int,
+        pending: list[int],
+        on_shard: Callable[[dict[str, Any]], None],
     ):
         self.runner = runner
         self.writer = writer
-        self.job = job
-        self.out = out
         self.inputs = inputs
         self.shard_size = shard_size
-        self.shard_count = -(-len(inputs) // shard_size)
-        self.pending = [k for k in range(self.shard_count) if k not in job.shards]
-        self.resumed_inputs = sum(entry["inputs"] for entry in job.shards.values())
+        self.pending = pending
+        self.on_shard = on_shard
 
     def plan(self, batch_size: int) -> tuple[list[int], list[int]]:
         """Input indices to process, in order, and batch ends that never cross a shard."""
@@ -332,44 +368,37 @@ class _Extraction:
                 batch_ends.append(len(order))
         return order, batch_ends
 
-    def run(self, batch_size: int, workers: int, show_progress: bool, console: Console) -> None:
+    def run(
+        self,
+        batch_size: int,
+        workers: int,
+        advance: Callable[[int], None] | None = None,
+        console: Console | None = None,
+    ) -> None:
+        """Extracts the shards; ``advance(inputs)`` is told of each batch done."""
         order, batch_ends = self.plan(batch_size)
         items = self.inputs.items.pipeline_items(order, self._fallback_decoder(order))
         pipeline = self.runner.pipeline(items, batch_ends, workers, PREFETCH_BATCHES)
         shards = iter(self.pending)
         current = self._open(next(shards, None))
-        with Progress(
-            TextColumn("extracting"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:>7.1f} img/s"),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not show_progress,
-        ) as progress:
-            task = progress.add_task(
-                "", total=len(self.inputs), completed=self.resumed_inputs, rate=0.0
-            )
-            started = time.perf_counter()
-            done = 0
-            try:
-                while (batch := pipeline.next()) is not None:
-                    first, rows, tensor, statuses = batch
-                    inputs = order[first : first + rows]
-                    usable = self._sort_rows(inputs, statuses, current)
-                    current.embeddings.append(self.runner.run(tensor)[usable])
-                    done += rows
-                    elapsed = max(time.perf_counter() - started, 1e-9)
-                    progress.update(task, advance=rows, rate=done / elapsed)
-                    if inputs[-1] == current.stop_input - 1:
-                        self._write(current)
-                        current = self._open(next(shards, None))
-            except KeyboardInterrupt:
-                # The pipeline's workers finish the read they are in before they stop; one stuck
-                # in a read (a hung network mount) holds the command up, so say what it waits on.
+        try:
+            while (batch := pipeline.next()) is not None:
+                first, rows, tensor, statuses = batch
+                inputs = order[first : first + rows]
+                usable = self._sort_rows(inputs, statuses, current)
+                current.embeddings.append(self.runner.run(tensor)[usable])
+                if advance is not None:
+                    advance(rows)
+                if inputs[-1] == current.stop_input - 1:
+                    self._write(current)
+                    current = self._open(next(shards, None))
+        except KeyboardInterrupt:
+            # The pipeline's workers finish the read they are in before they stop; one stuck in
+            # a read (a hung network mount) holds the command up, so say what it waits on.
+            if console is not None:
                 console.print("interrupted: stopping the decode workers")
-                pipeline.cancel()
-                raise
+            pipeline.cancel()
+            raise
 
     def _sort_rows(
         self, inputs: list[int], statuses: list[tuple[str, str]], shard: _ShardRows
@@ -413,7 +442,7 @@ class _Extraction:
         )
         usable = shard.usable_inputs
         kept = self.inputs.kept_columns
-        self.job.shards[shard.index] = self.writer.write(
+        entry = self.writer.write(
             shard.index,
             shard.first_input,
             shard.stop_input - shard.first_input,
@@ -422,7 +451,7 @@ class _Extraction:
             shard.errors,
             kept(usable) if kept is not None else None,
         )
-        self.job.save(self.out)
+        self.on_shard(entry)
 
 
 def print_summary(summary: ExtractSummary, console: Console) -> None:

@@ -26,7 +26,7 @@ import csv
 import glob
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -99,7 +99,7 @@ class Inputs:
     fingerprint: str
     items: ItemReader
     unusable: dict[int, str] = field(default_factory=dict)
-    kept_columns: Any = None
+    kept_columns: Callable[[list[int]], Any] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)

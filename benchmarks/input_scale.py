@@ -1,13 +1,17 @@
-"""Scale run of featx extract on WebDataset input: many small images in tar shards through a
-small model, as one `featx extract` process; images/s, and its peak RSS after the first shard
-is finished and at the end (memory must stay flat: the input listing is made before the first
-shard, and nothing after it grows with the number of images).
+"""Scale run of featx extract on dataset-scale input: many small images in WebDataset tar
+shards or parquet files through a small model, as one `featx extract` process; images/s, and its
+peak RSS after the first output shard is finished and at the end (memory must stay flat: the
+input listing is made before the first shard, and nothing after it grows with the number of
+images).
 
-    python benchmarks/tar_scale.py --output benchmarks/results/tar-scale-cpu.json
+    python benchmarks/input_scale.py --kind tar --output benchmarks/results/tar-scale-cpu.json
+    python benchmarks/input_scale.py --kind parquet --output benchmarks/results/parquet-scale-cpu.json
 
-The shards follow img2dataset's layout (KEY.jpg, KEY.json, KEY.txt per sample, 10,000 samples
-per shard); the images are small JPEG crops of featx's parity photos (64-160 px sides), so the
-job is decode-bound. The model is the runtime tests' small_cnn.onnx (32 px input).
+Both follow img2dataset's layouts, 10,000 samples per file: tar shards hold KEY.jpg, KEY.json,
+KEY.txt per sample; parquet files hold key, caption and jpg columns in one row group (pyarrow's
+default), so the reader must stream it. The images are small JPEG crops of featx's parity
+photos (64-160 px sides), so the job is decode-bound. The model is the runtime tests'
+small_cnn.onnx (32 px input).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
@@ -48,12 +54,24 @@ def small_jpegs() -> list[bytes]:
     return jpegs
 
 
-def write_shards(folder: Path, images: int, per_shard: int) -> list[Path]:
+def write_shards(folder: Path, images: int, per_shard: int, kind: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     jpegs = small_jpegs()
     shards = []
     for shard in range(-(-images // per_shard)):
-        path = folder / f"{shard:05d}.tar"
+        path = folder / f"{shard:05d}.{kind}"
+        shards.append(path)
+        if kind == "parquet":
+            rows = range(shard * per_shard, min((shard + 1) * per_shard, images))
+            table = pa.table(
+                {
+                    "key": [f"{index:09d}" for index in rows],
+                    "caption": ["a caption"] * len(rows),
+                    "jpg": pa.array([jpegs[index % len(jpegs)] for index in rows], pa.binary()),
+                }
+            )
+            pq.write_table(table, path)
+            continue
         with tarfile.open(path, "w") as tar:
             for index in range(shard * per_shard, min((shard + 1) * per_shard, images)):
                 key = f"{index:09d}"
@@ -66,7 +84,6 @@ def write_shards(folder: Path, images: int, per_shard: int) -> list[Path]:
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
-        shards.append(path)
     return shards
 
 
@@ -119,6 +136,7 @@ def run_job(featx: Path, pattern: str, out: Path, shard_size: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", choices=("tar", "parquet"), default="tar")
     parser.add_argument("--images", type=int, default=200_000)
     parser.add_argument("--per-shard", type=int, default=10_000)
     parser.add_argument("--shard-size", type=int, default=4096, help="output rows per shard")
@@ -127,15 +145,16 @@ def main() -> None:
     featx = Path(sys.executable).parent / "featx"
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        shards = write_shards(Path(tmp) / "shards", args.images, args.per_shard)
+        shards = write_shards(Path(tmp) / "shards", args.images, args.per_shard, args.kind)
         written = time.perf_counter() - started
-        pattern = f"{Path(tmp) / 'shards'}/{{00000..{len(shards) - 1:05d}}}.tar"
+        pattern = f"{Path(tmp) / 'shards'}/{{00000..{len(shards) - 1:05d}}}.{args.kind}"
         result = run_job(featx, pattern, Path(tmp) / "out", args.shard_size)
     growth = result["peak_rss_mib_at_end"] / result["peak_rss_mib_after_first_shard"] - 1
     document = {
         "machine": f"{platform.processor() or platform.machine()}, {platform.node()}",
         "images": args.images,
-        "tar_shards": len(shards),
+        "kind": args.kind,
+        "input_files": len(shards),
         "shards_written_s": round(written, 1),
         **result,
         "rss_growth_after_first_shard": round(growth, 4),
