@@ -5,7 +5,8 @@ input listing is made before the first shard, and nothing after it grows with th
 images).
 
     python benchmarks/input_scale.py --kind tar --output benchmarks/results/tar-scale-cpu.json
-    python benchmarks/input_scale.py --kind parquet --output benchmarks/results/parquet-scale-cpu.json
+    python benchmarks/input_scale.py --kind parquet \
+        --output benchmarks/results/parquet-scale-cpu.json
 
 Both follow img2dataset's layouts, 10,000 samples per file: tar shards hold KEY.jpg, KEY.json,
 KEY.txt per sample; parquet files hold key, caption and jpg columns in one row group (pyarrow's
