@@ -99,6 +99,21 @@ def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
         "--id-column", help="parquet: the column of row ids (default: FILE/ROW-INDEX)"
     )
     parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the shards on Ray actors: a cluster's address (or 'auto'); without one, a "
+        "local Ray instance. OUTPUT must be a folder every node sees",
+    )
+    parser.add_argument("--ray-actors", type=int, help="--ray: actors (default: as many as fit)")
+    parser.add_argument(
+        "--ray-cpus-per-actor", type=float, default=1.0, help="--ray: CPUs reserved per actor"
+    )
+    parser.add_argument(
+        "--ray-gpus-per-actor", type=float, default=0.0, help="--ray: GPUs reserved per actor"
+    )
+    parser.add_argument(
         "--keep-columns",
         default="",
         help="parquet: columns copied into the output rows, comma-separated (--format parquet)",
@@ -320,6 +335,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         image_column=args.image_column,
         id_column=args.id_column,
         keep_columns=[c.strip() for c in args.keep_columns.split(",") if c.strip()],
+        ray=args.ray,
+        ray_actors=args.ray_actors,
+        ray_cpus_per_actor=args.ray_cpus_per_actor,
+        ray_gpus_per_actor=args.ray_gpus_per_actor,
     )
     print_summary(summary, stdout)
     return 0

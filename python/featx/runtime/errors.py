@@ -42,6 +42,7 @@ ONNXRUNTIME_EXTRAS = "'featx[cpu]' (onnxruntime) or 'featx[gpu]' (onnxruntime-gp
 TORCH_EXTRA = "'featx[torch]'"
 EXTRA_OF_MODULE = {
     "onnxruntime": ONNXRUNTIME_EXTRAS,
+    "ray": "'featx[ray]'",
     **dict.fromkeys(("timm", "safetensors"), "'featx[timm]'"),
     **dict.fromkeys(
         ("torch", "torchvision", "triton", "onnx", "onnxscript", "sklearn", "matplotlib"),

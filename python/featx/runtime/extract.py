@@ -17,24 +17,23 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from featx._version import __version__
-from featx.runtime.decode import decode_rgb_bytes
+from featx.runtime.distributed import RayOptions, ShardJob, import_ray, run_on_ray
 from featx.runtime.errors import FeatxError, OutputWriteError, missing_extra
 from featx.runtime.files import file_sha256, make_folder
-from featx.runtime.inputs import IMAGE_EXTENSIONS, Inputs, read_inputs
+from featx.runtime.inputs import IMAGE_EXTENSIONS, read_inputs
 from featx.runtime.lock import OutputLock
 from featx.runtime.parquet import ParquetColumns
-from featx.runtime.pipeline import FallbackDecoder, PipelineItems
 from featx.runtime.runner import Runner
+from featx.runtime.shard_extraction import ModelBackend, ShardExtraction
 from featx.runtime.shards import (
     ERRORS,
     MANIFEST,
@@ -47,25 +46,6 @@ ONNX_BACKEND = "onnx"
 BACKEND_ENTRY_POINTS = "featx.backends"
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_SHARD_SIZE = 4096
-PREFETCH_BATCHES = 3
-
-
-class ModelBackend(Protocol):
-    """What extraction needs of a model: featx.Runner (ONNX) and featx.TorchRunner provide it.
-
-    ``run`` maps a (batch, 3, H, W) array of preprocessed images to (batch, embedding_dim)
-    embeddings; ``pipeline`` returns the C++ decode pipeline of ``items`` for the model's
-    preprocessing (featx.runtime.pipeline.batch_pipeline).
-    """
-
-    arch: str
-    embedding_dim: int
-
-    def run(self, images: np.ndarray) -> np.ndarray: ...
-
-    def pipeline(
-        self, items: PipelineItems, batch_ends: list[int], workers: int, prefetch: int
-    ) -> Any: ...
 
 
 class Interrupted(FeatxError):
@@ -116,6 +96,10 @@ def extract(
     image_column: str | None = None,
     id_column: str | None = None,
     keep_columns: Sequence[str] = (),
+    ray: str | None = None,
+    ray_actors: int | None = None,
+    ray_cpus_per_actor: float = 1.0,
+    ray_gpus_per_actor: float = 0.0,
 ) -> ExtractSummary:
     """Extracts embeddings of every image in ``inputs`` into shards under ``out_dir``.
 
@@ -127,12 +111,26 @@ def extract(
     ``image_extensions`` say which member of a tar sample is its image, by preference;
     ``image_column`` and ``id_column`` which columns of parquet input hold the image and the id
     (featx.runtime.parquet), and ``keep_columns`` are copied into the output rows (``fmt``
-    parquet).
+    parquet). With ``ray`` (a cluster address, "auto", or "local" to start one here) the shards
+    run on ``ray_actors`` Ray actors (featx.runtime.distributed), each with
+    ``ray_cpus_per_actor`` CPUs and ``ray_gpus_per_actor`` GPUs; ``workers`` and ``threads``
+    then count per actor (default: its CPUs).
     """
     started = time.perf_counter()
     console = console or Console(stderr=True)
     if batch_size < 1 or shard_size < 1:
         raise FeatxError(f"batch size ({batch_size}) and shard size ({shard_size}) must be >= 1")
+    ray_options = (
+        None if ray is None else RayOptions(ray, ray_actors, ray_cpus_per_actor, ray_gpus_per_actor)
+    )
+    if ray_options is not None:
+        ray_options.check()
+        import_ray()  # a missing extra is reported before anything is written
+        if backend != ONNX_BACKEND:
+            raise FeatxError("--ray runs exported .onnx models (the onnx backend) on its workers")
+        per_actor = max(1, int(ray_cpus_per_actor))
+        workers = workers if workers is not None else per_actor
+        threads = threads or per_actor
     workers = workers if workers is not None else (os.cpu_count() or 1)
     if workers < 1:
         raise FeatxError(f"--workers must be >= 1, got {workers}")
@@ -149,7 +147,12 @@ def extract(
     if out.exists() and not out.is_dir():
         raise FeatxError(f"output {out} exists and is not a folder")
 
-    runner = _open_backend(model, backend, device, threads, fuse, arch)
+    # A --ray driver opens the model only to read what it is; its actors run it.
+    runner = (
+        _open_backend(model, backend, device, threads, fuse, arch)
+        if ray_options is None
+        else Runner(model, device="cpu", threads=1)
+    )
     writer = ShardWriter(out, fmt, dtype)
     job = Manifest(
         model={
@@ -182,8 +185,25 @@ def extract(
                 job.save(out)
 
             with _progress_bar(console, progress, len(listed), resumed_inputs) as advance:
-                extraction = ShardExtraction(runner, writer, listed, shard_size, pending, record)
-                extraction.run(batch_size, workers, advance, console)
+                if ray_options is None:
+                    extraction = ShardExtraction(
+                        runner, writer, listed, shard_size, pending, record
+                    )
+                    extraction.run(batch_size, workers, advance, console)
+                else:
+                    shard_job = ShardJob(
+                        os.getcwd(),
+                        str(model),
+                        str(out),
+                        fmt,
+                        dtype,
+                        shard_size,
+                        batch_size,
+                        workers,
+                        threads,
+                        device,
+                    )
+                    run_on_ray(ray_options, shard_job, listed, pending, record, advance, console)
             job.complete = True
             job.save(out)
     except KeyboardInterrupt as err:
@@ -296,18 +316,6 @@ def _prepare_out_dir(
     job.save(out)
 
 
-@dataclass
-class _ShardRows:
-    """What one shard collects until its last input has gone through the model."""
-
-    index: int
-    first_input: int
-    stop_input: int
-    usable_inputs: list[int] = field(default_factory=list)
-    embeddings: list[np.ndarray] = field(default_factory=list)
-    errors: list[dict[str, str]] = field(default_factory=list)
-
-
 @contextlib.contextmanager
 def _progress_bar(
     console: Console, show: bool, total: int, completed: int
@@ -334,124 +342,6 @@ def _progress_bar(
             progress.update(task, advance=inputs, rate=done / elapsed)
 
         yield advance
-
-
-class ShardExtraction:
-    """Runs shards ``pending`` of a job (in that order) through the pipeline and the model and
-    writes each with ``writer``; ``on_shard`` gets each finished shard's manifest entry. Shard k
-    is inputs [k * shard_size, (k + 1) * shard_size)."""
-
-    def __init__(
-        self,
-        runner: ModelBackend,
-        writer: ShardWriter,
-        inputs: Inputs,
-        shard_size: int,
-        pending: list[int],
-        on_shard: Callable[[dict[str, Any]], None],
-    ):
-        self.runner = runner
-        self.writer = writer
-        self.inputs = inputs
-        self.shard_size = shard_size
-        self.pending = pending
-        self.on_shard = on_shard
-
-    def plan(self, batch_size: int) -> tuple[list[int], list[int]]:
-        """Input indices to process, in order, and batch ends that never cross a shard."""
-        order: list[int] = []
-        batch_ends: list[int] = []
-        for shard in self.pending:
-            start, stop = self._bounds(shard)
-            for first in range(start, stop, batch_size):
-                order.extend(range(first, min(first + batch_size, stop)))
-                batch_ends.append(len(order))
-        return order, batch_ends
-
-    def run(
-        self,
-        batch_size: int,
-        workers: int,
-        advance: Callable[[int], None] | None = None,
-        console: Console | None = None,
-    ) -> None:
-        """Extracts the shards; ``advance(inputs)`` is told of each batch done."""
-        order, batch_ends = self.plan(batch_size)
-        items = self.inputs.items.pipeline_items(order, self._fallback_decoder(order))
-        pipeline = self.runner.pipeline(items, batch_ends, workers, PREFETCH_BATCHES)
-        shards = iter(self.pending)
-        current = self._open(next(shards, None))
-        try:
-            while (batch := pipeline.next()) is not None:
-                first, rows, tensor, statuses = batch
-                inputs = order[first : first + rows]
-                usable = self._sort_rows(inputs, statuses, current)
-                current.embeddings.append(self.runner.run(tensor)[usable])
-                if advance is not None:
-                    advance(rows)
-                if inputs[-1] == current.stop_input - 1:
-                    self._write(current)
-                    current = self._open(next(shards, None))
-        except KeyboardInterrupt:
-            # The pipeline's workers finish the read they are in before they stop; one stuck in
-            # a read (a hung network mount) holds the command up, so say what it waits on.
-            if console is not None:
-                console.print("interrupted: stopping the decode workers")
-            pipeline.cancel()
-            raise
-
-    def _sort_rows(
-        self, inputs: list[int], statuses: list[tuple[str, str]], shard: _ShardRows
-    ) -> list[int]:
-        """Rows of the batch that hold images; the others' errors recorded."""
-        usable = []
-        for row, (input_index, (status, message)) in enumerate(zip(inputs, statuses, strict=True)):
-            if input_index in self.inputs.unusable:
-                status, message = "error", self.inputs.unusable[input_index]
-            if status == "ok":
-                usable.append(row)
-                shard.usable_inputs.append(input_index)
-            else:
-                shard.errors.append({"path": self.inputs.ids[input_index], "reason": message})
-        return usable
-
-    def _fallback_decoder(self, order: list[int]) -> FallbackDecoder:
-        """The pipeline's decoder of its item ``i`` (input ``order[i]``) for what the C++ decoder
-        leaves to PIL: the RGB array, or why the input is unusable."""
-        ids = self.inputs.ids
-
-        def decode(item: int, encoded: memoryview) -> np.ndarray | str:
-            try:
-                return decode_rgb_bytes(encoded, ids[order[item]])
-            except (FeatxError, OSError, ValueError) as err:
-                return str(err)
-
-        return decode
-
-    def _bounds(self, shard: int) -> tuple[int, int]:
-        return shard * self.shard_size, min((shard + 1) * self.shard_size, len(self.inputs))
-
-    def _open(self, shard: int | None) -> _ShardRows | None:
-        return None if shard is None else _ShardRows(shard, *self._bounds(shard))
-
-    def _write(self, shard: _ShardRows) -> None:
-        embeddings = (
-            np.concatenate(shard.embeddings)
-            if shard.embeddings
-            else np.empty((0, self.runner.embedding_dim), np.float32)
-        )
-        usable = shard.usable_inputs
-        kept = self.inputs.kept_columns
-        entry = self.writer.write(
-            shard.index,
-            shard.first_input,
-            shard.stop_input - shard.first_input,
-            [self.inputs.ids[i] for i in usable],
-            embeddings,
-            shard.errors,
-            kept(usable) if kept is not None else None,
-        )
-        self.on_shard(entry)
 
 
 def print_summary(summary: ExtractSummary, console: Console) -> None:

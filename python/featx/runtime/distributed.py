@@ -1,0 +1,255 @@
+"""featx extract --ray: a job's shards spread over Ray actors, with the output and the exactly-once
+guarantee of a single-process run.
+
+The driver (featx.runtime.extract) lists the inputs, prepares OUTDIR and holds its lock exactly
+as a single-process run does, then puts the input listing into Ray's object store once and
+starts ``actors`` ShardWorker actors, each holding one featx.Runner and running whole shards
+through the same C++ pipeline (ShardExtraction). An actor writes a shard's files into OUTDIR
+atomically and returns its manifest entry; only the driver writes the manifest. OUTDIR must
+therefore be one folder visible to every node (a shared file system).
+
+Failures: an actor process that dies mid-shard (SIGKILL, a lost node) leaves at most a temporary
+file; Ray restarts the actor and the driver hands the shard to another actor (up to
+MAX_ATTEMPTS times in all). A shard rewritten after its files were already renamed into place
+gets the same bytes, since a shard's content depends only on its inputs. A driver that dies takes
+its actors with it; the same command resumes from the manifest. An error in a shard that is not
+the machine's (a full disk) stops the job as it stops a single-process run.
+
+Workers import only the runtime layer and Ray: never torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from featx.runtime.errors import FeatxError, missing_extra
+from featx.runtime.inputs import Inputs
+from featx.runtime.runner import Runner
+from featx.runtime.shard_extraction import ShardExtraction
+from featx.runtime.shards import ShardWriter
+
+LOCAL = "local"
+"""The --ray address that starts a Ray instance on this machine."""
+MAX_ATTEMPTS = 3
+"""How many actors may die running one shard before the job gives up on it."""
+WAIT_SECONDS = 0.1
+"""How long the driver waits for a shard at a time, so that Ctrl-C is heard."""
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide a job runs: ``address`` of a running cluster ("auto", "HOST:PORT",
+    "ray://HOST:PORT") or LOCAL; ``actors`` (None: as many as the cluster's CPUs hold, by
+    ``cpus_per_actor``), each reserving ``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs."""
+
+    address: str = LOCAL
+    actors: int | None = None
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+
+    def check(self) -> None:
+        if self.actors is not None and self.actors < 1:
+            raise FeatxError(f"--ray-actors must be >= 1, got {self.actors}")
+        if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
+            raise FeatxError(
+                f"--ray-cpus-per-actor must be > 0 and --ray-gpus-per-actor >= 0, got "
+                f"{self.cpus_per_actor} and {self.gpus_per_actor}"
+            )
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What every actor of a job needs to run any of its shards; ``cwd`` is the driver's working
+    folder, where relative input paths are resolved on every node (a shared file system)."""
+
+    cwd: str
+    model: str
+    out: str
+    fmt: str
+    dtype: str
+    shard_size: int
+    batch_size: int
+    workers: int
+    threads: int
+    device: str
+
+
+class ShardWorker:
+    """A Ray actor's state: one Runner, the job's inputs, and the writer of its shards."""
+
+    def __init__(self, job: ShardJob, shared_inputs: list[Any]):
+        import ray
+
+        os.chdir(job.cwd)
+        self.job = job
+        # The listing comes by reference (in a list, so Ray does not resolve it as an argument):
+        # the driver holds it for the whole job, so a restarted actor finds it again.
+        self.inputs: Inputs = ray.get(shared_inputs[0])
+        self.runner = Runner(job.model, device=job.device, threads=job.threads, spinning=False)
+        self.writer = ShardWriter(Path(job.out), job.fmt, job.dtype)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def extract_shard(self, index: int) -> dict[str, Any]:
+        """Extracts shard ``index`` into the output folder; returns its manifest entry."""
+        entries: list[dict[str, Any]] = []
+        extraction = ShardExtraction(
+            self.runner, self.writer, self.inputs, self.job.shard_size, [index], entries.append
+        )
+        extraction.run(self.job.batch_size, self.job.workers)
+        return entries[0]
+
+
+def import_ray() -> Any:
+    """The ray module, or a one-line error naming the extra that installs it."""
+    try:
+        import ray
+    except ModuleNotFoundError as err:
+        extra = missing_extra(err, "--ray")
+        if extra is None:
+            raise
+        raise extra from err
+    return ray
+
+
+def run_on_ray(
+    options: RayOptions,
+    job: ShardJob,
+    inputs: Inputs,
+    pending: list[int],
+    on_shard: Callable[[dict[str, Any]], None],
+    advance: Callable[[int], None],
+    console: Console,
+) -> None:
+    """Extracts shards ``pending`` on Ray actors; ``on_shard`` records each committed shard's
+    entry (in the order they finish), ``advance`` counts its inputs, ``console`` hears of
+    retries."""
+    options.check()
+    ray = import_ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        address = None if options.address == LOCAL else options.address
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level="warning")
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise FeatxError(
+                f"cannot reach a Ray cluster at {options.address!r} ({err}); start one (`ray "
+                "start --head`) or pass --ray without an address for a local instance."
+            ) from err
+    actors: list[Any] = []
+    try:
+        count = options.actors or _actors_that_fit(ray, options)
+        worker = ray.remote(
+            num_cpus=options.cpus_per_actor,
+            num_gpus=options.gpus_per_actor,
+            max_restarts=-1,
+            max_task_retries=0,
+        )(ShardWorker)
+        shared_inputs = ray.put(inputs)
+        actors = [worker.remote(job, [shared_inputs]) for _ in range(min(count, len(pending)))]
+        _Scheduler(ray, actors, pending, on_shard, advance, console).run()
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if started_here:
+            ray.shutdown()
+
+
+def _actors_that_fit(ray: Any, options: RayOptions) -> int:
+    resources = ray.cluster_resources()
+    fit = int(resources.get("CPU", 1) // options.cpus_per_actor)
+    if options.gpus_per_actor:
+        fit = min(fit, int(resources.get("GPU", 0) // options.gpus_per_actor))
+    if fit < 1:
+        raise FeatxError(
+            f"the Ray cluster has {resources.get('CPU', 0)} CPUs and {resources.get('GPU', 0)} "
+            f"GPUs: not enough for one actor of {options.cpus_per_actor} CPUs and "
+            f"{options.gpus_per_actor} GPUs; lower --ray-cpus-per-actor / --ray-gpus-per-actor."
+        )
+    return fit
+
+
+class _Scheduler:
+    """Keeps one shard in flight per actor; a shard whose actor died goes to another actor."""
+
+    def __init__(
+        self,
+        ray: Any,
+        actors: list[Any],
+        pending: list[int],
+        on_shard: Callable[[dict[str, Any]], None],
+        advance: Callable[[int], None],
+        console: Console,
+    ):
+        self.ray = ray
+        self.console = console
+        self.idle = deque(range(len(actors)))
+        self.actors = actors
+        self.queue = deque(pending)
+        self.on_shard = on_shard
+        self.advance = advance
+        self.died_on: dict[int, set[int]] = {}
+        self.running: dict[Any, tuple[int, int]] = {}
+
+    def run(self) -> None:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        self._assign()
+        while self.running:
+            ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=WAIT_SECONDS)
+            for ref in ready:
+                shard, actor = self.running.pop(ref)
+                self.idle.append(actor)
+                try:
+                    entry = self.ray.get(ref)
+                except RayActorError as err:
+                    self._died(shard, actor, err)
+                except RayTaskError as err:
+                    if isinstance(err.cause, FeatxError):
+                        raise err.cause from None
+                    raise
+                else:
+                    self.on_shard(entry)
+                    self.advance(entry["inputs"])
+            self._assign()
+
+    def _died(self, shard: int, actor: int, err: Exception) -> None:
+        died_on = self.died_on.setdefault(shard, set())
+        died_on.add(actor)
+        if len(died_on) >= MAX_ATTEMPTS:
+            raise FeatxError(
+                f"shard {shard} failed {len(died_on)} times, each time because the worker "
+                f"process running it died (last: {type(err).__name__}: {err}); the finished "
+                "shards are kept: look for what kills the workers (memory, a damaged input), "
+                "then run the same command again to resume."
+            )
+        self.console.print(
+            f"a worker died running shard {shard} ({type(err).__name__}); its shard goes to "
+            "another worker"
+        )
+        self.queue.appendleft(shard)
+
+    def _assign(self) -> None:
+        """Hands queued shards to idle actors, a shard preferably to an actor it has not died
+        on while some other actor could take it."""
+        for shard in list(self.queue):
+            if not self.idle:
+                return
+            died_on = self.died_on.get(shard, set())
+            fresh = [a for a in self.idle if a not in died_on]
+            others_alive = any(a not in died_on for a in range(len(self.actors)))
+            if not fresh and others_alive:
+                continue
+            actor = (fresh or list(self.idle))[0]
+            self.idle.remove(actor)
+            self.queue.remove(shard)
+            ref = self.actors[actor].extract_shard.remote(shard)
+            self.running[ref] = (shard, actor)
