@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import subprocess
 import tarfile
 import threading
 import time
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 from rich.console import Console
-from runtime_support import run_featx_without
+from runtime_support import featx_command, run_featx_without
 
 import featx
 import featx.ray
@@ -161,3 +162,34 @@ def test_ray_without_the_extra_is_a_one_line_error(model, corpus, tmp_path):
     assert result.returncode == 2
     assert "--ray needs ray, which is not installed: pip install 'featx[ray]'" in result.stderr
     assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_to_identical_output(model, corpus, tmp_path):
+    """SIGKILL to the `featx extract --ray` process itself (the driver, which started a local
+    Ray instance) mid-job; the same command then resumes."""
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("".join(f"{p}\n" for p in sorted(corpus.iterdir())) * 10)
+    common = ["--shard-size", 16, "--workers", 1, "--threads", 1, "--quiet"]
+    single = subprocess.run(
+        featx_command("extract", model, listing, "-o", tmp_path / "single", *common)
+    )
+    assert single.returncode == 0
+    out = tmp_path / "ray"
+    command = featx_command(
+        "extract", model, listing, "-o", out, "--ray", "--ray-actors", 2, *common
+    )
+    driver = subprocess.Popen(command)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and driver.poll() is None:
+        manifest = out / "manifest.json"
+        if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= 10:
+            break
+        time.sleep(0.01)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert not json.loads((out / "manifest.json").read_text())["complete"]
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    assert _output_bytes(out) == _output_bytes(tmp_path / "single")
