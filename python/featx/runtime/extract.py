@@ -6,9 +6,10 @@ featx.runtime.inputs for the input order.
 
 Model backends: ``onnx`` (the default) is featx.Runner, the C++ ONNX Runtime session over an
 exported .onnx file. Any other backend is a plug-in found under the ``featx.backends`` entry
-points: a callable ``factory(model_path, *, device, threads, fuse, arch) -> ModelBackend``.
-featx registers ``torch`` there (featx.torch_runner.TorchRunner: a checkpoint's feature model in
-PyTorch, optionally featx.fuse'd), so this module never imports the PyTorch side.
+points: a callable ``factory(model_path, *, device, threads, fuse, arch) -> ModelBackend``
+(featx.runtime.shard_extraction). featx registers ``torch`` there (featx.torch_runner.TorchRunner:
+a checkpoint's feature model in PyTorch, optionally featx.fuse'd), so this module never imports
+the PyTorch side.
 """
 
 from __future__ import annotations
