@@ -32,8 +32,9 @@ from featx.runtime.errors import FeatxError, OutputWriteError, missing_extra
 from featx.runtime.files import file_sha256, make_folder
 from featx.runtime.inputs import IMAGE_EXTENSIONS, read_inputs
 from featx.runtime.lock import OutputLock
+from featx.runtime.metadata import read_metadata
 from featx.runtime.parquet import ParquetColumns
-from featx.runtime.runner import Runner
+from featx.runtime.runner import Runner, checked_model_path
 from featx.runtime.shard_extraction import ModelBackend, ShardExtraction
 from featx.runtime.shards import (
     ERRORS,
@@ -148,19 +149,20 @@ def extract(
     if out.exists() and not out.is_dir():
         raise FeatxError(f"output {out} exists and is not a folder")
 
-    # A --ray driver opens the model only to read what it is; its actors run it.
-    runner = (
-        _open_backend(model, backend, device, threads, fuse, arch)
-        if ray_options is None
-        else Runner(model, device="cpu", threads=1)
-    )
+    if ray_options is None:
+        runner: ModelBackend | None = _open_backend(model, backend, device, threads, fuse, arch)
+        model_arch, embedding_dim = runner.arch, runner.embedding_dim
+    else:
+        # A --ray driver only reads what the model is (no session): its actors run it.
+        metadata = read_metadata(checked_model_path(model, device))
+        runner, model_arch, embedding_dim = None, metadata.arch, metadata.embedding_dim
     writer = ShardWriter(out, fmt, dtype)
     job = Manifest(
         model={
             "path": str(model),
             "sha256": file_sha256(Path(model)),
-            "arch": runner.arch,
-            "embedding_dim": runner.embedding_dim,
+            "arch": model_arch,
+            "embedding_dim": embedding_dim,
         },
         inputs={"count": len(listed), "sha256": listed.fingerprint},
         settings={
@@ -186,7 +188,7 @@ def extract(
                 job.save(out)
 
             with _progress_bar(console, progress, len(listed), resumed_inputs) as advance:
-                if ray_options is None:
+                if runner is not None:
                     extraction = ShardExtraction(
                         runner, writer, listed, shard_size, pending, record
                     )
