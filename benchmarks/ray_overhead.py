@@ -8,7 +8,8 @@ users pay it):
 - ``ray-1x1`` and ``ray-2x1``: --ray with one, then two actors of one CPU, one decode worker and
   one ORT thread each (what a second actor adds on the 2 cores).
 
-Every run's output is compared byte for byte with the first ``plain`` run's.
+Every run writes shards of --shard-size inputs (100: ten shards to spread over actors), and its
+output is compared byte for byte with the first ``plain`` run's.
 
     python benchmarks/ray_overhead.py --output benchmarks/results/ray-cpu.json
 """
@@ -52,6 +53,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--shard-size", type=int, default=100, help="output rows per shard: shards to spread"
+    )
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     featx = Path(sys.executable).parent / "featx"
@@ -67,7 +71,8 @@ def main() -> None:
             for name, extra in CONFIGS.items():
                 out = Path(tmp) / "out"
                 shutil.rmtree(out, ignore_errors=True)
-                command = [featx, "extract", model, corpus, "-o", out, "--quiet", *extra]
+                command = [featx, "extract", model, corpus, "-o", out, "--quiet"]
+                command += ["--shard-size", str(args.shard_size), *extra]
                 started = time.perf_counter()
                 subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
                 seconds[name].append(time.perf_counter() - started)
@@ -86,6 +91,7 @@ def main() -> None:
     document = {
         "machine": f"{platform.processor() or platform.machine()}, {platform.node()}",
         "images": args.images,
+        "shard_size": args.shard_size,
         "model": "resnet50 (torchvision, random init), featx-export fp32",
         "configs": {name: " ".join(extra) or "(defaults)" for name, extra in CONFIGS.items()},
         "rows": rows,

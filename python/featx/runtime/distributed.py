@@ -84,22 +84,24 @@ class ShardJob:
 class ShardWorker:
     """A Ray actor's state: one Runner, the job's inputs, and the writer of its shards."""
 
-    def __init__(self, job: ShardJob, shared_inputs: list[Any]):
-        import ray
-
+    def __init__(self, job: ShardJob):
         os.chdir(job.cwd)
         self.job = job
-        # The listing comes by reference (in a list, so Ray does not resolve it as an argument):
-        # the driver holds it for the whole job, so a restarted actor finds it again.
-        self.inputs: Inputs = ray.get(shared_inputs[0])
+        self.inputs: Inputs | None = None
         self.runner = Runner(job.model, device=job.device, threads=job.threads, spinning=False)
         self.writer = ShardWriter(Path(job.out), job.fmt, job.dtype)
 
     def pid(self) -> int:
         return os.getpid()
 
-    def extract_shard(self, index: int) -> dict[str, Any]:
-        """Extracts shard ``index`` into the output folder; returns its manifest entry."""
+    def extract_shard(self, index: int, shared_inputs: list[Any]) -> dict[str, Any]:
+        """Extracts shard ``index`` into the output folder; returns its manifest entry.
+        ``shared_inputs`` holds the object-store reference of the job's listing, fetched on the
+        first call (also after a restart); the driver holds it for the whole job."""
+        if self.inputs is None:
+            import ray
+
+            self.inputs = ray.get(shared_inputs[0])
         entries: list[dict[str, Any]] = []
         extraction = ShardExtraction(
             self.runner, self.writer, self.inputs, self.job.shard_size, [index], entries.append
@@ -154,8 +156,8 @@ def run_on_ray(
             max_task_retries=0,
         )(ShardWorker)
         shared_inputs = ray.put(inputs)
-        actors = [worker.remote(job, [shared_inputs]) for _ in range(min(count, len(pending)))]
-        _Scheduler(ray, actors, pending, on_shard, advance, console).run()
+        actors = [worker.remote(job) for _ in range(min(count, len(pending)))]
+        _Scheduler(ray, actors, [shared_inputs], pending, on_shard, advance, console).run()
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -184,6 +186,7 @@ class _Scheduler:
         self,
         ray: Any,
         actors: list[Any],
+        shared_inputs: list[Any],
         pending: list[int],
         on_shard: Callable[[dict[str, Any]], None],
         advance: Callable[[int], None],
@@ -193,6 +196,7 @@ class _Scheduler:
         self.console = console
         self.idle = deque(range(len(actors)))
         self.actors = actors
+        self.shared_inputs = shared_inputs
         self.queue = deque(pending)
         self.on_shard = on_shard
         self.advance = advance
@@ -251,5 +255,5 @@ class _Scheduler:
             actor = (fresh or list(self.idle))[0]
             self.idle.remove(actor)
             self.queue.remove(shard)
-            ref = self.actors[actor].extract_shard.remote(shard)
+            ref = self.actors[actor].extract_shard.remote(shard, self.shared_inputs)
             self.running[ref] = (shard, actor)
