@@ -3,17 +3,18 @@ guarantee of a single-process run.
 
 The driver (featx.runtime.extract) lists the inputs, prepares OUTDIR and holds its lock exactly
 as a single-process run does, then puts the input listing into Ray's object store once and
-starts ``actors`` ShardWorker actors, each holding one featx.Runner and running whole shards
-through the same C++ pipeline (ShardExtraction). An actor writes a shard's files into OUTDIR
-atomically and returns its manifest entry; only the driver writes the manifest. OUTDIR must
-therefore be one folder visible to every node (a shared file system).
+starts ``actors`` ShardWorker actors, each holding one featx.Runner and running runs of whole
+shards through the same C++ pipeline (ShardExtraction). An actor writes a shard's files into
+OUTDIR atomically and streams its manifest entry back; only the driver writes the manifest.
+OUTDIR must therefore be one folder visible to every node (a shared file system).
 
 Failures: an actor process that dies mid-shard (SIGKILL, a lost node) leaves at most a temporary
-file; Ray restarts the actor and the driver hands the shard to another actor (up to
-MAX_ATTEMPTS times in all). A shard rewritten after its files were already renamed into place
-gets the same bytes, since a shard's content depends only on its inputs. A driver that dies takes
-its actors with it; the same command resumes from the manifest. An error in a shard that is not
-the machine's (a full disk) stops the job as it stops a single-process run.
+file; Ray restarts the actor and the driver hands the shard, and those queued behind it in that
+actor's run, to other actors (the shard up to MAX_ATTEMPTS times in all). A shard rewritten
+after its files were already renamed into place gets the same bytes, since a shard's content
+depends only on its inputs. A driver that dies takes its actors with it; the same command
+resumes from the manifest. An error in a shard that is not the machine's (a full disk) stops
+the job as it stops a single-process run.
 
 Workers import only the runtime layer and Ray: never torch.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,20 +95,21 @@ class ShardWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def extract_shard(self, index: int, shared_inputs: list[Any]) -> dict[str, Any]:
-        """Extracts shard ``index`` into the output folder; returns its manifest entry.
+    def extract_shards(
+        self, indices: list[int], shared_inputs: list[Any]
+    ) -> Iterator[dict[str, Any]]:
+        """Extracts shards ``indices`` into the output folder through one pipeline (no drain
+        between them), yielding each one's manifest entry once its files are in place.
         ``shared_inputs`` holds the object-store reference of the job's listing, fetched on the
         first call (also after a restart); the driver holds it for the whole job."""
         if self.inputs is None:
             import ray
 
             self.inputs = ray.get(shared_inputs[0])
-        entries: list[dict[str, Any]] = []
         extraction = ShardExtraction(
-            self.runner, self.writer, self.inputs, self.job.shard_size, [index], entries.append
+            self.runner, self.writer, self.inputs, self.job.shard_size, indices
         )
-        extraction.run(self.job.batch_size, self.job.workers)
-        return entries[0]
+        yield from extraction.run(self.job.batch_size, self.job.workers)
 
 
 def import_ray() -> Any:
@@ -179,8 +181,20 @@ def _actors_that_fit(ray: Any, options: RayOptions) -> int:
     return fit
 
 
+@dataclass
+class _Run:
+    """One extract_shards call in flight: its actor and its shards not reported yet, in order."""
+
+    actor: int
+    shards: deque[int]
+
+
 class _Scheduler:
-    """Keeps one shard in flight per actor; a shard whose actor died goes to another actor."""
+    """Keeps one run of shards in flight per actor. An idle actor takes ceil(queued / actors)
+    shards (guided self-scheduling): they go through one pipeline, so few runs start and drain,
+    while the last runs are short enough to end together. When an actor dies, its run's
+    unreported shards go back to the queue and the first of them, the one it was running,
+    counts the death."""
 
     def __init__(
         self,
@@ -201,7 +215,7 @@ class _Scheduler:
         self.on_shard = on_shard
         self.advance = advance
         self.died_on: dict[int, set[int]] = {}
-        self.running: dict[Any, tuple[int, int]] = {}
+        self.running: dict[Any, _Run] = {}
 
     def run(self) -> None:
         from ray.exceptions import RayActorError, RayTaskError
@@ -209,25 +223,34 @@ class _Scheduler:
         self._assign()
         while self.running:
             ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=WAIT_SECONDS)
-            for ref in ready:
-                shard, actor = self.running.pop(ref)
-                self.idle.append(actor)
+            for generator in ready:
+                run = self.running[generator]
                 try:
-                    entry = self.ray.get(ref)
+                    entry = self.ray.get(next(generator))
+                except StopIteration:
+                    self._end(generator)
                 except RayActorError as err:
-                    self._died(shard, actor, err)
+                    self._end(generator)
+                    self._died(run, err)
                 except RayTaskError as err:
                     if isinstance(err.cause, FeatxError):
                         raise err.cause from None
                     raise
                 else:
+                    run.shards.popleft()
                     self.on_shard(entry)
                     self.advance(entry["inputs"])
             self._assign()
 
-    def _died(self, shard: int, actor: int, err: Exception) -> None:
+    def _end(self, generator: Any) -> None:
+        self.idle.append(self.running.pop(generator).actor)
+
+    def _died(self, run: _Run, err: Exception) -> None:
+        if not run.shards:
+            return  # it died after its last shard was reported: nothing is lost
+        shard = run.shards[0]
         died_on = self.died_on.setdefault(shard, set())
-        died_on.add(actor)
+        died_on.add(run.actor)
         if len(died_on) >= MAX_ATTEMPTS:
             raise FeatxError(
                 f"shard {shard} failed {len(died_on)} times, each time because the worker "
@@ -239,21 +262,22 @@ class _Scheduler:
             f"a worker died running shard {shard} ({type(err).__name__}); its shard goes to "
             "another worker"
         )
-        self.queue.appendleft(shard)
+        self.queue.extendleft(reversed(run.shards))
+
+    def _may_run(self, shard: int, actor: int) -> bool:
+        """A shard goes to an actor it has died on only when it has died on every actor."""
+        died_on = self.died_on.get(shard, set())
+        return actor not in died_on or len(died_on) == len(self.actors)
 
     def _assign(self) -> None:
-        """Hands queued shards to idle actors, a shard preferably to an actor it has not died
-        on while some other actor could take it."""
-        for shard in list(self.queue):
-            if not self.idle:
-                return
-            died_on = self.died_on.get(shard, set())
-            fresh = [a for a in self.idle if a not in died_on]
-            others_alive = any(a not in died_on for a in range(len(self.actors)))
-            if not fresh and others_alive:
+        for actor in list(self.idle):
+            size = -(-len(self.queue) // len(self.actors))
+            shards = deque([s for s in self.queue if self._may_run(s, actor)][:size])
+            if not shards:
                 continue
-            actor = (fresh or list(self.idle))[0]
             self.idle.remove(actor)
-            self.queue.remove(shard)
-            ref = self.actors[actor].extract_shard.remote(shard, self.shared_inputs)
-            self.running[ref] = (shard, actor)
+            for shard in shards:
+                self.queue.remove(shard)
+            method = self.actors[actor].extract_shards.options(num_returns="streaming")
+            generator = method.remote(list(shards), self.shared_inputs)
+            self.running[generator] = _Run(actor, shards)

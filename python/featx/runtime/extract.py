@@ -189,10 +189,9 @@ def extract(
 
             with _progress_bar(console, progress, len(listed), resumed_inputs) as advance:
                 if runner is not None:
-                    extraction = ShardExtraction(
-                        runner, writer, listed, shard_size, pending, record
-                    )
-                    extraction.run(batch_size, workers, advance, console)
+                    extraction = ShardExtraction(runner, writer, listed, shard_size, pending)
+                    for entry in extraction.run(batch_size, workers, advance, console):
+                        record(entry)
                 else:
                     shard_job = ShardJob(
                         os.getcwd(),

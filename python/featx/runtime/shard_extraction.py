@@ -1,11 +1,11 @@
 """One job's shard loop: the inputs of given shards, in order, through the C++ pipeline and a
 model backend, each shard written atomically as soon as its last input is through. featx extract
-runs it in its own process; featx.runtime.distributed runs it in Ray actors, one shard at a time.
+runs it in its own process; featx.runtime.distributed runs it in Ray actors, a few shards at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,9 +52,8 @@ class _ShardRows:
 
 
 class ShardExtraction:
-    """Runs shards ``pending`` of a job (in that order) through the pipeline and the model and
-    writes each with ``writer``; ``on_shard`` gets each finished shard's manifest entry. Shard k
-    is inputs [k * shard_size, (k + 1) * shard_size)."""
+    """Runs shards ``pending`` of a job (in that order) through one pipeline and the model and
+    writes each with ``writer``. Shard k is inputs [k * shard_size, (k + 1) * shard_size)."""
 
     def __init__(
         self,
@@ -63,14 +62,12 @@ class ShardExtraction:
         inputs: Inputs,
         shard_size: int,
         pending: list[int],
-        on_shard: Callable[[dict[str, Any]], None],
     ):
         self.runner = runner
         self.writer = writer
         self.inputs = inputs
         self.shard_size = shard_size
         self.pending = pending
-        self.on_shard = on_shard
 
     def plan(self, batch_size: int) -> tuple[list[int], list[int]]:
         """Input indices to process, in order, and batch ends that never cross a shard."""
@@ -89,8 +86,9 @@ class ShardExtraction:
         workers: int,
         advance: Callable[[int], None] | None = None,
         console: Console | None = None,
-    ) -> None:
-        """Extracts the shards; ``advance(inputs)`` is told of each batch done."""
+    ) -> Iterator[dict[str, Any]]:
+        """Extracts the shards, yielding each one's manifest entry once its files are in place;
+        ``advance(inputs)`` is told of each batch done."""
         order, batch_ends = self.plan(batch_size)
         items = self.inputs.items.pipeline_items(order, self._fallback_decoder(order))
         pipeline = self.runner.pipeline(items, batch_ends, workers, PREFETCH_BATCHES)
@@ -105,7 +103,7 @@ class ShardExtraction:
                 if advance is not None:
                     advance(rows)
                 if inputs[-1] == current.stop_input - 1:
-                    self._write(current)
+                    yield self._write(current)
                     current = self._open(next(shards, None))
         except KeyboardInterrupt:
             # The pipeline's workers finish the read they are in before they stop; one stuck in
@@ -149,7 +147,7 @@ class ShardExtraction:
     def _open(self, shard: int | None) -> _ShardRows | None:
         return None if shard is None else _ShardRows(shard, *self._bounds(shard))
 
-    def _write(self, shard: _ShardRows) -> None:
+    def _write(self, shard: _ShardRows) -> dict[str, Any]:
         embeddings = (
             np.concatenate(shard.embeddings)
             if shard.embeddings
@@ -157,7 +155,7 @@ class ShardExtraction:
         )
         usable = shard.usable_inputs
         kept = self.inputs.kept_columns
-        entry = self.writer.write(
+        return self.writer.write(
             shard.index,
             shard.first_input,
             shard.stop_input - shard.first_input,
@@ -166,4 +164,3 @@ class ShardExtraction:
             shard.errors,
             kept(usable) if kept is not None else None,
         )
-        self.on_shard(entry)
