@@ -11,12 +11,16 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from featx.runtime.errors import FeatxError, missing_extra
+
+if TYPE_CHECKING:
+    from featx.quantization import Int8Report
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -44,6 +48,26 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--min-cosine", type=float, help="parity gate: minimum cosine")
     parser.add_argument("--max-rel", type=float, help="parity gate: max-abs / feature scale")
+    parser.add_argument("--int8", action="store_true", help="static int8 model (needs --calibrate)")
+    parser.add_argument(
+        "--calibrate", metavar="IMAGES", help="--int8: images to calibrate and check it on"
+    )
+    parser.add_argument(
+        "--holdout", metavar="IMAGES", help="--int8: gate images (default: more of --calibrate)"
+    )
+    parser.add_argument("--calibration-size", type=int, default=128, help="--int8: images")
+    parser.add_argument(
+        "--holdout-size", type=int, default=256, help="--int8: held-out images for its gate"
+    )
+    parser.add_argument(
+        "--int8-mean-cosine", type=float, default=0.999, help="--int8 gate: mean cosine to fp32"
+    )
+    parser.add_argument(
+        "--int8-min-cosine", type=float, default=0.99, help="--int8 gate: min cosine to fp32"
+    )
+    parser.add_argument(
+        "--int8-recall", type=float, default=0.95, help="--int8 gate: recall@10 of fp32 k-NN"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -122,6 +146,7 @@ def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from featx.exporter import export
+    from featx.quantization import Int8Gate
 
     with stderr.status("exporting") as status:
         result = export(
@@ -139,6 +164,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
             trust_pickle=args.trust_pickle,
             min_cosine=args.min_cosine,
             max_rel=args.max_rel,
+            int8=args.int8,
+            calibrate=args.calibrate,
+            holdout=args.holdout,
+            calibration_size=args.calibration_size,
+            holdout_size=args.holdout_size,
+            int8_gate=Int8Gate(args.int8_mean_cosine, args.int8_min_cosine, args.int8_recall),
             on_stage=lambda text: status.update(text),
         )
     summary = {
@@ -157,6 +188,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         "convert_seconds": round(result.convert_seconds, 3),
         "total_seconds": round(result.total_seconds, 3),
         "parity": result.parity.to_dict(),
+        **({"int8": result.int8.to_dict()} if result.int8 is not None else {}),
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -183,6 +215,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         )
     for reason in result.fold.skipped:
         stdout.print(f"[yellow]not folded[/]: {reason}")
+    if result.int8 is not None:
+        _print_int8(result.int8)
     stdout.print(
         f"embedding: {result.metadata.layer} ({result.metadata.layer_reason})", markup=False
     )
@@ -194,6 +228,27 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"converted in {result.convert_seconds:.1f}s, {result.total_seconds:.1f}s in all"
     )
     return 0
+
+
+def _print_int8(report: Int8Report) -> None:
+    fig, gate = report.figures, report.gate
+    stdout.print(
+        f"int8 vs fp32 on {fig.rows} held-out images: min cosine {fig.min_cosine:.6f}, mean "
+        f"{fig.mean_cosine:.6f}, recall@10 {fig.recall_at_10:.4f} (gate: mean >= "
+        f"{gate.mean_cosine}, min >= {gate.min_cosine}, recall@10 >= {gate.recall_at_10}): passed; "
+        f"calibrated on {report.calibration['images']} images; recipe {report.recipe.describe()}"
+    )
+    speed = (
+        f"model-only on this machine: int8 {report.int8_images_per_second:.1f} img/s, fp32 "
+        f"{report.fp32_images_per_second:.1f} img/s ({report.speedup:.2f}x)"
+    )
+    if report.speedup < 1:
+        stdout.print(
+            f"[bold yellow]int8 is not faster than fp32 here[/]: {speed}; the fp32 export is the "
+            "faster file on this machine."
+        )
+    else:
+        stdout.print(speed)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

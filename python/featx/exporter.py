@@ -1,8 +1,9 @@
 """featx-export: checkpoint -> verified, self-describing ONNX file.
 
 load -> cut at the feature layer + pool -> fold BatchNorm, drop dropout -> torch.onnx (dynamic
-batch) -> parity against the unfolded eager model on random inputs and real photos -> metadata
--> atomic write. Nothing is written unless every step passes.
+batch) -> parity against the unfolded eager model on random inputs and real photos -> with
+--int8, static quantization and its fidelity gate on held-out images (featx.quantization) ->
+metadata -> atomic write. Nothing is written unless every step passes.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from featx.fold import FoldReport, fold_batchnorm
 from featx.models.checkpoint import LoadedModel, load_model
 from featx.options import DEFAULT_OPSET, EXPORTERS, MIN_OPSET
 from featx.parity import ParityGate, ParityReport, compare, parity_inputs
+from featx.quantization import Int8Gate, Int8Report, quantize_int8
 from featx.runtime.errors import FeatxError, ParityError
 from featx.runtime.files import write_atomic
+from featx.runtime.inputs import read_inputs
 from featx.runtime.metadata import ModelMetadata, Preprocess
 from featx.runtime.ort_config import cpu_session
 
@@ -57,6 +60,7 @@ class ExportResult:
     convert_seconds: float
     total_seconds: float
     file_bytes: int
+    int8: Int8Report | None = None
 
 
 class HalfPrecision(nn.Module):
@@ -88,18 +92,40 @@ def export(
     trust_pickle: bool = False,
     min_cosine: float | None = None,
     max_rel: float | None = None,
+    int8: bool = False,
+    calibrate: str | Path | None = None,
+    holdout: str | Path | None = None,
+    calibration_size: int = 128,
+    holdout_size: int = 256,
+    int8_gate: Int8Gate | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Exports ``model`` (a model file) to a verified ONNX file and returns what was measured.
 
+    With ``int8``, the file holds the model statically quantized to int8, calibrated on
+    ``calibration_size`` images of ``calibrate`` (a folder, list, tar shards or parquet, as
+    featx extract reads them) and checked against the fp32 export on up to ``holdout_size``
+    others (after them in ``calibrate``, or of ``holdout``) by ``int8_gate``
+    (featx.quantization).
+
     Raises FeatxError for bad input (nothing written) and ParityError when ONNX Runtime's output
-    leaves the parity gate (nothing written; the figures are in the message).
+    leaves the parity gate or the int8 model its fidelity gate (nothing written; the figures are
+    in the message).
     """
     started = time.perf_counter()
     stage = on_stage or (lambda _: None)
     model_path = Path(model)
     out_path = Path(output) if output is not None else model_path.with_suffix(".onnx")
     _check_options(out_path, opset, exporter, input_size, fp16, fp16_io)
+    if int8 and fp16:
+        raise FeatxError("--int8 and --fp16 exclude each other: choose one precision.")
+    if int8 and calibrate is None:
+        raise FeatxError("--int8 needs --calibrate IMAGES: images like the ones you will extract.")
+    if (calibrate is not None or holdout is not None) and not int8:
+        raise FeatxError("--calibrate and --holdout are for --int8: add --int8, or drop them.")
+    # Listed before the slow steps, so that a wrong path fails at once.
+    calibration_images = read_inputs(calibrate) if calibrate is not None else None
+    holdout_images = read_inputs(holdout) if holdout is not None else None
 
     stage("loading model")
     loaded = load_model(model_path, arch=arch, trust_pickle=trust_pickle)
@@ -153,6 +179,19 @@ def export(
     )
     if not report.passed:
         raise ParityError(_parity_message(report))
+    int8_report = None
+    if calibration_images is not None:
+        stage("quantizing to int8 and checking it on held-out images")
+        proto, int8_report = quantize_int8(
+            proto,
+            preprocess,
+            calibration_images,
+            str(calibrate),
+            holdout=holdout_images,
+            calibration_size=calibration_size,
+            holdout_size=holdout_size,
+            gate=int8_gate,
+        )
 
     metadata = ModelMetadata(
         featx_version=__version__,
@@ -163,7 +202,7 @@ def export(
         normalize=normalize,
         preprocess=preprocess,
         embedding_dim=layout.embedding_dim,
-        dtype="float16" if fp16 else "float32",
+        dtype="int8" if int8 else "float16" if fp16 else "float32",
         io_dtype="float16" if fp16_io else "float32",
         opset=opset,
         bn_folded=len(fold.folded),
@@ -174,6 +213,7 @@ def export(
             **({"reparameterized": len(reparameterized)} if reparameterized else {}),
         },
         parity=report.to_dict(),
+        int8=int8_report.to_dict() if int8_report is not None else {},
     )
     onnx.helper.set_model_props(proto, metadata.to_props())
     stage("writing")
@@ -187,6 +227,7 @@ def export(
         convert_seconds=convert_seconds,
         total_seconds=time.perf_counter() - started,
         file_bytes=out_path.stat().st_size,
+        int8=int8_report,
     )
 
 

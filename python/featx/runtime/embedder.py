@@ -23,8 +23,8 @@ from featx.runtime.decode import decode_rgb_bytes
 from featx.runtime.errors import FeatxError
 from featx.runtime.native import native
 from featx.runtime.pipeline import PipelineItems, spec_dict
+from featx.runtime.preprocessed import PREFETCH_BATCHES
 from featx.runtime.runner import Runner
-from featx.runtime.shard_extraction import PREFETCH_BATCHES
 
 IMAGE_COLUMNS = ("image", "bytes", "jpg", "jpeg", "png", "webp")
 """The image column when none is named: the first of these a batch has."""

@@ -112,6 +112,9 @@ class ModelMetadata:
     parity: dict[str, Any] = field(default_factory=dict)
     layer_reason: str = ""
     """Why ``layer`` is the embedding (which rule chose it; featx.features)."""
+    int8: dict[str, Any] = field(default_factory=dict)
+    """For an int8 model (featx-export --int8): its recipe, calibration set and fidelity gate
+    figures (featx.quantization.Int8Report); empty otherwise."""
 
     def to_props(self) -> dict[str, str]:
         values: dict[str, Any] = {
@@ -134,6 +137,7 @@ class ModelMetadata:
             "bn_folded": self.bn_folded,
             "source": self.source,
             "parity": self.parity,
+            **({"int8": self.int8} if self.int8 else {}),
         }
         return {
             PREFIX + key: value if isinstance(value, str) else json.dumps(value)
@@ -170,6 +174,7 @@ class ModelMetadata:
                 source=json.loads(value.get("source", "{}")),
                 parity=json.loads(value.get("parity", "{}")),
                 layer_reason=value.get("layer_reason", ""),
+                int8=json.loads(value.get("int8", "{}")),
             )
         except (KeyError, ValueError, TypeError) as err:
             raise FeatxError(

@@ -12,13 +12,10 @@ from typing import Any, Protocol
 import numpy as np
 from rich.console import Console
 
-from featx.runtime.decode import decode_rgb_bytes
-from featx.runtime.errors import FeatxError
 from featx.runtime.inputs import Inputs
-from featx.runtime.pipeline import FallbackDecoder, PipelineItems
+from featx.runtime.pipeline import PipelineItems
+from featx.runtime.preprocessed import PREFETCH_BATCHES, fallback_decoder
 from featx.runtime.shards import ShardWriter
-
-PREFETCH_BATCHES = 3
 
 
 class ModelBackend(Protocol):
@@ -90,7 +87,7 @@ class ShardExtraction:
         """Extracts the shards, yielding each one's manifest entry once its files are in place;
         ``advance(inputs)`` is told of each batch done."""
         order, batch_ends = self.plan(batch_size)
-        items = self.inputs.items.pipeline_items(order, self._fallback_decoder(order))
+        items = self.inputs.items.pipeline_items(order, fallback_decoder(self.inputs.ids, order))
         pipeline = self.runner.pipeline(items, batch_ends, workers, PREFETCH_BATCHES)
         shards = iter(self.pending)
         current = self._open(next(shards, None))
@@ -127,19 +124,6 @@ class ShardExtraction:
             else:
                 shard.errors.append({"path": self.inputs.ids[input_index], "reason": message})
         return usable
-
-    def _fallback_decoder(self, order: list[int]) -> FallbackDecoder:
-        """The pipeline's decoder of its item ``i`` (input ``order[i]``) for what the C++ decoder
-        leaves to PIL: the RGB array, or why the input is unusable."""
-        ids = self.inputs.ids
-
-        def decode(item: int, encoded: memoryview) -> np.ndarray | str:
-            try:
-                return decode_rgb_bytes(encoded, ids[order[item]])
-            except (FeatxError, OSError, ValueError) as err:
-                return str(err)
-
-        return decode
 
     def _bounds(self, shard: int) -> tuple[int, int]:
         return shard * self.shard_size, min((shard + 1) * self.shard_size, len(self.inputs))

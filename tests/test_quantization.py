@@ -1,0 +1,151 @@
+"""featx-export --int8: the fidelity gate on held-out images passes a calibration on photos,
+fails a broken one (exit 1, nothing written), and a passing file's metadata holds the recipe,
+the calibration set and the figures; featx extract runs the int8 file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import featx
+from featx.bench.corpus import make_corpus
+from featx.cli import export_main
+from featx.quantization import Int8Gate, embedding_fidelity, recipe_for
+from featx.runtime.errors import FeatxError
+from featx.runtime.metadata import read_metadata
+from featx.runtime.shards import read_features
+
+SIZES = {"calibration_size": 48, "holdout_size": 64}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """112 crops of real photos: 48 to calibrate, 64 held out."""
+    folder = tmp_path_factory.mktemp("photos")
+    make_corpus(folder, count=112, size=(96, 72))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gray(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gray")
+    for index in range(48):
+        Image.new("RGB", (96, 72), (128, 128, 128)).save(folder / f"{index:03d}.jpg")
+    return folder
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "transformer_encoder"])
+def test_an_int8_export_within_its_gate_records_recipe_calibration_and_figures(
+    make_checkpoint, photos, tmp_path, arch
+):
+    checkpoint, _ = make_checkpoint(arch)
+    result = featx.export(checkpoint, tmp_path / "int8.onnx", int8=True, calibrate=photos, **SIZES)
+    metadata = read_metadata(tmp_path / "int8.onnx")
+    assert metadata.dtype == "int8"
+    stored = metadata.int8
+    assert stored["passed"] is True
+    assert stored["recipe"]["activations"] == "uint8"
+    assert stored["recipe"]["per_channel"] is True
+    assert stored["calibration"]["images"] == 48
+    assert stored["calibration"]["holdout_images"] == 64
+    assert len(stored["calibration"]["sha256"]) == 64
+    figures = stored["figures"]
+    assert figures["mean_cosine"] >= 0.999
+    assert figures["recall_at_10"] >= 0.95
+    assert figures == {
+        "rows": result.int8.figures.rows,
+        "min_cosine": result.int8.figures.min_cosine,
+        "mean_cosine": result.int8.figures.mean_cosine,
+        "recall_at_10": result.int8.figures.recall_at_10,
+    }
+    assert stored["speed"]["int8_images_per_second"] > 0
+
+
+def test_featx_extract_runs_the_int8_file_close_to_the_fp32_one(make_checkpoint, photos, tmp_path):
+    checkpoint, _ = make_checkpoint("small_cnn")
+    featx.export(checkpoint, tmp_path / "fp32.onnx")
+    featx.export(checkpoint, tmp_path / "int8.onnx", int8=True, calibrate=photos, **SIZES)
+    for name in ("fp32", "int8"):
+        featx.extract(tmp_path / f"{name}.onnx", photos, tmp_path / name, progress=False)
+    ids32, fp32, _ = read_features(tmp_path / "fp32")
+    ids8, int8, _ = read_features(tmp_path / "int8")
+    assert ids8 == ids32
+    assert len(ids8) == 112
+    assert embedding_fidelity(fp32, int8).min_cosine >= 0.99
+
+
+def test_a_constant_calibration_set_fails_the_gate_with_exit_1_and_no_file(
+    make_checkpoint, photos, gray, tmp_path, capsys
+):
+    checkpoint, _ = make_checkpoint("small_cnn")
+    out = tmp_path / "int8.onnx"
+    argv = [str(checkpoint), "-o", str(out), "--int8", "--calibrate", str(gray)]
+    argv += ["--holdout", str(photos), "--calibration-size", "48", "--holdout-size", "64"]
+    assert export_main(argv) == 1
+    message = capsys.readouterr().err
+    assert "failed its fidelity gate on 64 held-out images" in message
+    assert "Tensors that lost most" in message
+    assert "dB" in message
+    assert list(tmp_path.iterdir()) == [checkpoint]
+
+
+def test_too_few_images_for_calibration_and_gate_is_a_clear_error(make_checkpoint, gray, tmp_path):
+    checkpoint, _ = make_checkpoint("small_cnn")
+    with pytest.raises(FeatxError, match="gave 48 calibration and 0 held-out usable images"):
+        featx.export(checkpoint, tmp_path / "int8.onnx", int8=True, calibrate=gray, **SIZES)
+    assert not (tmp_path / "int8.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--int8"], "--int8 needs --calibrate IMAGES"),
+        (["--calibrate", "photos"], "--calibrate and --holdout are for --int8"),
+        (["--int8", "--fp16", "--calibrate", "photos"], "exclude each other"),
+        (["--int8", "--calibrate", "no-such-folder"], "no-such-folder"),
+    ],
+)
+def test_bad_int8_options_exit_2_before_any_work(make_checkpoint, tmp_path, capsys, argv, message):
+    checkpoint, _ = make_checkpoint("small_cnn")
+    assert export_main([str(checkpoint), "-o", str(tmp_path / "m.onnx"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_gate_fails_what_is_below_any_of_its_bounds():
+    gate = Int8Gate(mean_cosine=0.999, min_cosine=0.99, recall_at_10=0.95)
+    reference = np.random.default_rng(0).normal(size=(40, 16))
+    assert gate.failures(embedding_fidelity(reference, reference)) == []
+    noisy = reference + np.random.default_rng(1).normal(scale=0.3, size=reference.shape)
+    failed = gate.failures(embedding_fidelity(reference, noisy))
+    assert any(f.startswith("mean cosine") for f in failed)
+    assert any(f.startswith("recall@10") for f in failed)
+
+
+def test_recall_at_10_counts_the_reference_neighbours_kept():
+    """30 points along a quarter circle: each one's 10 nearest are its neighbours along it.
+    Swapping the two ends' embeddings leaves those two none of their 10 (0 + 0) and costs the 5
+    points next to each end one neighbour apiece (5 x 9 + 5 x 9); the other 18 keep all 10:
+    (0 + 0 + 90 + 180) / 300 = 0.9."""
+    angles = np.linspace(0, np.pi / 2, 30)
+    reference = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    assert embedding_fidelity(reference, reference).recall_at_10 == 1.0
+    swapped = reference.copy()
+    swapped[[0, 29]] = swapped[[29, 0]]
+    figures = embedding_fidelity(reference, swapped)
+    assert figures.recall_at_10 == pytest.approx(0.9)
+    assert figures.min_cosine == pytest.approx(0.0, abs=1e-9)
+
+
+def test_the_recipe_keeps_8_bit_weights_only_where_the_cpu_has_vnni():
+    assert recipe_for("x86-avx2").reduce_range is True
+    assert recipe_for("x86-vnni").reduce_range is False
+    assert recipe_for("arm").reduce_range is False
+    assert json.loads(json.dumps(recipe_for("x86-vnni").to_dict()))["quantized_ops"] == [
+        "Conv",
+        "MatMul",
+        "Gemm",
+    ]
