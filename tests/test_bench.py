@@ -164,7 +164,7 @@ def test_bench_reports_drifting_features_as_failing_parity(tmp_path):
     assert "max-abs/scale" in failures
 
 
-BACKENDS = ("eager", "eager-folded", "eager-fp16", "fused", "ort-python", "runner")
+BACKENDS = ("eager", "eager-folded", "eager-fp16", "fused", "ort-python", "runner", "int8")
 BACKENDS += ("extract-e2e", "preprocess")
 
 
@@ -199,8 +199,10 @@ def test_bench_cli_writes_result_json_and_plot(small_run):
         "model/small_cnn/eager-folded/float32/bs2/cpu",
         "model/small_cnn/ort-python/float32/bs2/cpu",
         "model/small_cnn/runner/float32/bs2/cpu",
+        "model/small_cnn/int8/int8/bs2/cpu",
         "extract-e2e/small_cnn/eager/float32/bs2/cpu",
         "extract-e2e/small_cnn/featx/float32/bs2/cpu",
+        "extract-e2e/small_cnn/featx-int8/float32/bs2/cpu",
         "extract-e2e/small_cnn/featx-tar/float32/bs2/cpu",
         "extract-e2e/small_cnn/featx-parquet/float32/bs2/cpu",
         "extract-e2e/small_cnn/featx-half-png/float32/bs2/cpu",
@@ -220,12 +222,17 @@ def test_bench_cli_writes_result_json_and_plot(small_run):
             assert row["speedup_vs_reference"] == 1.0
         else:
             assert row["parity"]["passed"]
-            reference = rows[
-                case.replace(row["backend"], "eager" if row["kind"] != "preprocess" else "pil")
-            ]
+            kind, model, _, dtype, batch, device = case.split("/")
+            backend = "eager" if kind != "preprocess" else "pil"
+            dtype = "float32" if kind == "model" else dtype
+            reference = rows["/".join((kind, model, backend, dtype, batch, device))]
             assert row["speedup_vs_reference"] == pytest.approx(
                 row["images_per_s"] / reference["images_per_s"]
             )
+    # The int8 row's fidelity is its export gate's, on 256 held-out photos.
+    int8_parity = rows["model/small_cnn/int8/int8/bs2/cpu"]["parity"]
+    assert int8_parity["rows"] == 256
+    assert int8_parity["recall_at_10"] >= int8_parity["gate"]["recall_at_10"]
     # The C++ preprocessing is bit-identical to PIL's.
     assert rows["preprocess/resnet50/cpp/float32/bs1/cpu"]["parity"]["max_abs"] == 0.0
     assert rows["model/small_cnn/eager-fp16/float16/bs2/cpu"]["status"] == "unavailable"

@@ -47,6 +47,14 @@ WORST_TENSORS = 5
 SHUFFLE_SEED = 0
 
 
+class Int8GateError(ParityError):
+    """The int8 model left its fidelity gate; ``report`` holds what was measured."""
+
+    def __init__(self, message: str, report: Int8Report):
+        super().__init__(message)
+        self.report = report
+
+
 @dataclass(frozen=True)
 class Int8Recipe:
     """How the model is quantized (onnxruntime.quantization.quantize_static, QDQ format)."""
@@ -192,7 +200,7 @@ def quantize_int8(
     workers: int = 0,
 ) -> tuple[onnx.ModelProto, Int8Report]:
     """The int8 model of ``fp32``, calibrated on ``images`` (listed from ``source``) and checked
-    on the ones after them or on ``holdout``, and what it measured; raises ParityError (with
+    on the ones after them or on ``holdout``, and what it measured; raises Int8GateError (with
     the figures and the tensors that lost most) when the held-out embeddings leave ``gate``."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -254,7 +262,7 @@ def quantize_int8(
         failed = gate.failures(figures)
         if failed:
             report.worst_tensors = _worst_tensors(prepared_path, int8_path, held_out, Path(tmp))
-            raise ParityError(_gate_message(report, failed))
+            raise Int8GateError(_gate_message(report, failed), report)
     return int8, report
 
 

@@ -2,8 +2,9 @@
 
 Every backend starts from the same eager fp32 feature model (random init with trained-looking
 BatchNorm statistics, cut and pooled as featx-export cuts it) and the same random input batch,
-so their outputs can be compared with eager fp32 and their times set side by side.
-A backend that cannot run on this machine raises ``Unavailable`` with the reason.
+so their outputs can be compared with eager fp32 and their times set side by side (the int8
+backend's fidelity is its export gate's, on held-out photos: random inputs are not what it was
+calibrated for). A backend that cannot run on this machine raises ``Unavailable`` with the reason.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from featx.bench.corpus import make_corpus
+from featx.exporter import ExportResult
 from featx.features import extractor_feature_model
 from featx.fold import fold_batchnorm
 from featx.models import get_extractor
@@ -31,6 +34,8 @@ from featx.runtime.runner import Runner
 from featx.testing.models import randomize_batchnorm
 
 INPUT_SEED = 0
+INT8_IMAGES = 384
+"""Real-photo crops for the int8 export: featx-export's default 128 to calibrate, 256 held out."""
 
 
 class Unavailable(Exception):
@@ -77,6 +82,18 @@ class ModelAssets:
         return featx.export(checkpoint, self.work_dir / f"{self.arch}.onnx").path
 
     @functools.cached_property
+    def int8_export(self) -> ExportResult:
+        """The int8 export (featx-export --int8), calibrated and gated on the bench's real-photo
+        corpus (held-out images after the calibration ones), made once per run."""
+        import featx
+
+        checkpoint = save_checkpoint(self.work_dir / f"{self.arch}.pt", self.module, self.arch)
+        photos = make_corpus(self.work_dir / "calibration", count=INT8_IMAGES)
+        return featx.export(
+            checkpoint, self.work_dir / f"{self.arch}-int8.onnx", int8=True, calibrate=photos
+        )
+
+    @functools.cached_property
     def flops_per_image(self) -> int:
         """Floating-point operations of one image through the feature model (torch's count)."""
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
@@ -105,6 +122,7 @@ def prepare_model(
         "fused": _fused,
         "ort-python": _ort_python,
         "runner": _runner,
+        "int8": _int8,
     }
     return builders[backend](assets, images, device)
 
@@ -227,3 +245,15 @@ def _runner(assets: ModelAssets, images: torch.Tensor, device: str):
         raise Unavailable(str(err)) from err
     feed = images.numpy().astype(runner.input_dtype)
     return (lambda: runner.run(feed)), False, f"featx.Runner, {runner.provider}"
+
+
+def _int8(assets: ModelAssets, images: torch.Tensor, device: str):
+    if device != "cpu":
+        raise Unavailable("featx's int8 files are made and gated for ONNX Runtime's CPU provider")
+    report = assets.int8_export.int8
+    runner = Runner(assets.int8_export.path, device=device)
+    note = (
+        f"featx.Runner over featx-export --int8 ({report.recipe.describe()}; gate on "
+        f"{report.figures.rows} held-out photos)"
+    )
+    return (lambda: runner.run(images.numpy())), False, note

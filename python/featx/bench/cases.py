@@ -32,8 +32,9 @@ MODEL_BACKENDS = (
     "fused",
     "ort-python",
     "runner",
+    "int8",
 )
-E2E_BACKENDS = ("eager", "featx", "featx-tar", "featx-parquet", "featx-half-png")
+E2E_BACKENDS = ("eager", "featx", "featx-int8", "featx-tar", "featx-parquet", "featx-half-png")
 PREPROCESS_BACKENDS = ("pil", "cpp")
 CONV_BACKENDS = ("eager-channels_last", "eager-nchw", "compile", "featx")
 ATTENTION_BACKENDS = ("sdpa", "unfused", "featx")
@@ -59,7 +60,13 @@ REFERENCE = {
     "conv": "eager-channels_last",
     "attention": "sdpa",
 }
-EAGER_AT_DTYPE = {"float32": "eager", "float16": "eager-fp16", "bfloat16": "eager-bf16"}
+EAGER_AT_DTYPE = {
+    "float32": "eager",
+    "float16": "eager-fp16",
+    "bfloat16": "eager-bf16",
+    "int8": "eager",
+}
+"""The eager backend a dtype's rows are also compared with (no eager int8 exists: fp32)."""
 PREPROCESS_MODEL = "resnet50"
 """Preprocess rows use this extractor's transform (resize 256, crop 224, bilinear)."""
 DEVICES = ("cpu", "cuda")
@@ -104,6 +111,8 @@ def backend_dtype(backend: str) -> str:
         return "float16"
     if backend == "eager-bf16":
         return "bfloat16"
+    if backend == "int8":
+        return "int8"
     return "float32"
 
 

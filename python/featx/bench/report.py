@@ -21,7 +21,7 @@ from featx.bench.timing import Timing
 from featx.runtime.files import write_atomic
 
 STATUSES = ("ok", "failing-parity", "unavailable")
-SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int8": "int8"}
 TABLE_WIDTH = 190
 """Wide enough for every column unwrapped; narrower terminals scroll rather than squash."""
 STATUS_STYLE = {"ok": "green", "failing-parity": "bold red", "unavailable": "dim"}
@@ -127,7 +127,7 @@ def print_table(document: dict, console: Console) -> None:
             f"{row['tflops']:.2f}" if row.get("tflops") else "",
             _times(row["speedup_vs_reference"]),
             _times(row["speedup_vs_same_dtype"]),
-            f"{parity['min_cosine']:.6f} / {parity['max_rel']:.1e}" if parity else "",
+            _parity_cell(parity),
         )
     wide_console(console).print(table)
     explained = {}
@@ -147,6 +147,18 @@ def wide_console(console: Console) -> Console:
         force_terminal=console.is_terminal,
         highlight=False,
     )
+
+
+def _parity_cell(parity: dict | None) -> str:
+    """min cosine / max-abs over scale, or for an int8 row its export gate's figures."""
+    if not parity:
+        return ""
+    if parity.get("max_rel") is None:
+        return (
+            f"{parity['min_cosine']:.6f} mean {parity['mean_cosine']:.6f} "
+            f"R@10 {parity['recall_at_10']:.3f}"
+        )
+    return f"{parity['min_cosine']:.6f} / {parity['max_rel']:.1e}"
 
 
 def _times(value: float | None) -> str:

@@ -45,6 +45,7 @@ from featx.bench.settings import BenchSettings
 from featx.bench.timing import measure
 from featx.models import get_extractor
 from featx.parity import ParityGate, compare
+from featx.quantization import Int8Gate
 from featx.runtime.errors import FeatxError
 from featx.runtime.shards import read_features
 
@@ -52,6 +53,8 @@ RESULT_FORMAT = 1
 BF16_MIN_COSINE = 0.995
 """bf16 keeps 8 mantissa bits to fp16's 11, so its rounding error is ~8x fp16's: fp16's cosine
 gate (0.999) would fail correct bf16 models."""
+INT8_BACKENDS = ("int8", "featx-int8")
+"""Rows of int8 models: their features must pass the int8 gate's min cosine, not fp32's."""
 E2E_WORKERS = 2
 """DataLoader worker processes of the eager pipeline (one per core on the 2-core build machine)."""
 
@@ -60,6 +63,8 @@ def gate_for(case: Case) -> ParityGate:
     """The fidelity gate a case's features must pass against its reference's."""
     if case.dtype == "bfloat16":
         return ParityGate(BF16_MIN_COSINE, None)
+    if case.backend in INT8_BACKENDS:
+        return ParityGate(Int8Gate().min_cosine, None)
     return ParityGate.default(fp16=case.dtype == "float16")
 
 
@@ -102,6 +107,8 @@ class Bench:
         None for a reference itself, or when the reference could not run here."""
         if case.backend == REFERENCE[case.kind] or work.features is None:
             return None
+        if case.kind == "model" and case.backend == "int8":
+            return self._int8_gate_figures(case)
         reference = self.reference_features(case.reference())
         if reference is None:
             return None
@@ -113,6 +120,17 @@ class Bench:
             "gate": asdict(gate),
             "passed": not failures,
             "failures": failures,
+        }
+
+    def _int8_gate_figures(self, case: Case) -> dict:
+        """The int8 model's parity: its export gate's figures on held-out photos."""
+        report = self.assets(case.model).int8_export.int8
+        return {
+            **asdict(report.figures),
+            "max_rel": None,
+            "gate": asdict(report.gate),
+            "passed": True,
+            "failures": [],
         }
 
     def reference_features(self, reference: Case) -> np.ndarray | None:
@@ -205,8 +223,13 @@ class Bench:
             elif case.backend == "featx-half-png":
                 inputs = half_png_copy(paths, self.work_dir / "half-png")
                 note = "featx extract, every second image a PNG (PIL in the decode workers)"
+            elif case.backend == "featx-int8":
+                note = "featx extract of the featx-export --int8 file"
+            model_file = (
+                assets.int8_export.path if case.backend == "featx-int8" else assets.onnx_path
+            )
             run = featx_extract_job(
-                assets.onnx_path, inputs, out_dir, case.batch_size, device=case.device
+                model_file, inputs, out_dir, case.batch_size, device=case.device
             )
 
             def saved_features() -> np.ndarray:

@@ -1,0 +1,115 @@
+"""featx-export --int8 per curated extractor: export time and size, the fidelity gate's figures
+on held-out photos, and model-only speed of the int8 file against the fp32 one (issue 15).
+
+    python benchmarks/int8_report.py --output benchmarks/results/int8-cpu.json
+
+Models are randomly initialised with trained-looking BatchNorm statistics (no downloads). Both
+files of an arch come from the same checkpoint; int8 is calibrated on featx-export's default
+128 real-photo crops and gated on the next 256 (featx.bench.corpus). Model-only speed: featx.Runner
+on one seeded batch, the fp32 and int8 files timed alternately in the same process (the machine
+is noisy; a ratio measured side by side is what holds), median of --repeats. An arch whose int8
+model fails its gate is a row saying so, with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+import featx
+from featx.bench.corpus import make_corpus
+from featx.bench.report import show_and_write_rows
+from featx.models import get_extractor
+from featx.models.checkpoint import save_checkpoint
+from featx.quantization import Int8GateError
+from featx.testing.models import randomize_batchnorm
+
+ARCHS = ("resnet18", "resnet50", "vgg16", "mobilenet_v3_large", "efficientnet_b0", "vit_b_16")
+PHOTOS = 384
+
+
+def model_only_rates(fp32: Path, int8: Path, batch: int, repeats: int) -> tuple[float, float]:
+    runners = [featx.Runner(fp32), featx.Runner(int8)]
+    shape = runners[0].metadata.preprocess.input_shape
+    images = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
+    times: list[list[float]] = [[], []]
+    for runner in runners:
+        runner.run(images)
+    for _ in range(repeats):
+        for index, runner in enumerate(runners):
+            started = time.perf_counter()
+            runner.run(images)
+            times[index].append(time.perf_counter() - started)
+    return batch / statistics.median(times[0]), batch / statistics.median(times[1])
+
+
+def int8_row(arch: str, folder: Path, photos: Path, batch: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model = randomize_batchnorm(get_extractor(arch).build_model())
+    checkpoint = save_checkpoint(folder / f"{arch}.pt", model, arch)
+    fp32 = featx.export(checkpoint, folder / f"{arch}.onnx")
+    row: dict = {"arch": arch, "fp32_export_s": round(fp32.total_seconds, 1)}
+    row["fp32_mib"] = round(fp32.file_bytes / 2**20, 1)
+    started = time.perf_counter()
+    try:
+        int8 = featx.export(checkpoint, folder / f"{arch}-int8.onnx", int8=True, calibrate=photos)
+    except Int8GateError as err:
+        figures = err.report.figures
+        return {
+            **row,
+            "int8_export_s": round(time.perf_counter() - started, 1),
+            "int8_mib": None,
+            "min_cosine": round(figures.min_cosine, 6),
+            "mean_cosine": round(figures.mean_cosine, 6),
+            "recall_at_10": round(figures.recall_at_10, 4),
+            "gate": "failed",
+            "fp32_img_s": None,
+            "int8_img_s": None,
+            "int8_vs_fp32": None,
+        }
+    report = int8.int8
+    fp32_rate, int8_rate = model_only_rates(fp32.path, int8.path, batch, repeats)
+    return {
+        **row,
+        "int8_export_s": round(int8.total_seconds, 1),
+        "int8_mib": round(int8.file_bytes / 2**20, 1),
+        "min_cosine": round(report.figures.min_cosine, 6),
+        "mean_cosine": round(report.figures.mean_cosine, 6),
+        "recall_at_10": round(report.figures.recall_at_10, 4),
+        "gate": "passed",
+        "fp32_img_s": round(fp32_rate, 2),
+        "int8_img_s": round(int8_rate, 2),
+        "int8_vs_fp32": round(int8_rate / fp32_rate, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, help="JSON file to write")
+    parser.add_argument("--arch", nargs="*", default=list(ARCHS))
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    rows = []
+    console = Console(width=200)
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = Path(tmp) / "photos"
+        make_corpus(photos, count=PHOTOS)
+        for arch in args.arch:
+            with console.status(f"exporting {arch} fp32 and int8"):
+                rows.append(int8_row(arch, Path(tmp), photos, args.batch_size, args.repeats))
+            console.print(rows[-1])
+    title = "featx-export --int8 vs fp32 (model-only featx.Runner, same run)"
+    show_and_write_rows(console, title, rows, args.output)
+
+
+if __name__ == "__main__":
+    main()
