@@ -67,7 +67,7 @@ class Int8Recipe:
     calibration: str = "minmax"
     quantized_ops: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
     """Only the ops that carry the model's multiply-adds; the rest (Add, pooling, Softmax,
-    LayerNorm, GELU) stay fp32 between them."""
+    LayerNorm, GELU) stay fp32 between them. Empty: every op ONNX Runtime can quantize."""
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -80,7 +80,7 @@ class Int8Recipe:
         return (
             f"{self.instruction_set}: {self.activations} activations, {self.weights} "
             f"{channels} weights{bits}, {self.calibration} calibration, "
-            f"{'/'.join(self.quantized_ops)} quantized"
+            f"{'/'.join(self.quantized_ops) or 'every op'} quantized"
         )
 
 
@@ -233,7 +233,7 @@ def quantize_int8(
             str(int8_path),
             _BatchReader(calibration),
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(recipe.quantized_ops),
+            op_types_to_quantize=list(recipe.quantized_ops) or None,
             per_channel=recipe.per_channel,
             reduce_range=recipe.reduce_range,
             activation_type=types[recipe.activations],

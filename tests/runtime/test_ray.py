@@ -69,6 +69,35 @@ def test_ray_output_is_byte_identical_to_a_single_process_run(
     assert _output_bytes(tmp_path / "ray") == _output_bytes(tmp_path / "single")
 
 
+def test_actors_the_cluster_has_no_room_for_wait_while_the_others_do_the_job(
+    cluster, model, corpus, tmp_path
+):
+    heard = io.StringIO()
+    summary = featx.extract(
+        model, corpus, tmp_path / "ray", batch_size=4, shard_size=10, progress=False,
+        ray="local", ray_actors=4, console=Console(file=heard),
+    )  # fmt: skip
+    assert summary.rows == summary.inputs == 96
+    assert "the Ray cluster holds 2 of the 4 actors asked for now" in heard.getvalue()
+
+
+def test_an_actor_that_cannot_start_stops_the_job_with_the_reason(cluster):
+    from featx.runtime.distributed import _Scheduler
+
+    class _ActorThatCannotStart:  # defined here, so that Ray ships it to its worker by value
+        def __init__(self):
+            raise FileNotFoundError("no such model on this node: /data/model.onnx")
+
+        def pid(self):
+            return os.getpid()
+
+    actor = ray.remote(num_cpus=1, max_restarts=-1)(_ActorThatCannotStart).remote()
+    scheduler = _Scheduler(ray, [actor], [ray.put(None)], [0], print, print, Console())
+    with pytest.raises(featx.FeatxError, match="a Ray actor could not start") as raised:
+        scheduler.run()
+    assert "no such model on this node" in str(raised.value)
+
+
 def _worker_pids():
     """The processes of ShardWorker actors: Ray names them ``ray::ShardWorker...``."""
     pids = []
@@ -193,3 +222,32 @@ def test_a_killed_driver_resumes_to_identical_output(model, corpus, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
     assert _output_bytes(out) == _output_bytes(tmp_path / "single")
+
+
+@pytest.mark.slow
+def test_a_job_joins_a_two_node_cluster_by_address(model, input_kinds, tmp_path):
+    """A cluster of two Ray nodes (two raylets on this machine, one CPU each, as `ray start`
+    makes them) joined by its address from a separate driver process: one 1-CPU actor per node."""
+    from ray.cluster_utils import Cluster
+
+    options = ["--batch-size", 4, "--shard-size", 10, "--quiet"]
+    single = subprocess.run(
+        featx_command("extract", model, input_kinds["tar"], "-o", tmp_path / "single", *options)
+    )
+    assert single.returncode == 0
+    nodes = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False, "object_store_memory": 96 << 20},
+    )
+    try:
+        nodes.add_node(num_cpus=1, object_store_memory=96 << 20)
+        nodes.wait_for_nodes()
+        command = featx_command(
+            "extract", model, input_kinds["tar"], "-o", tmp_path / "ray", *options,
+            "--ray", nodes.address, "--ray-actors", 2,
+        )  # fmt: skip
+        joined = subprocess.run(command, capture_output=True, text=True)
+    finally:
+        nodes.shutdown()
+    assert joined.returncode == 0, joined.stderr
+    assert _output_bytes(tmp_path / "ray") == _output_bytes(tmp_path / "single")

@@ -22,6 +22,7 @@ Workers import only the runtime layer and Ray: never torch.
 from __future__ import annotations
 
 import os
+import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -150,7 +151,13 @@ def run_on_ray(
             ) from err
     actors: list[Any] = []
     try:
-        count = options.actors or _actors_that_fit(ray, options)
+        fit = _actors_that_fit(ray, options)
+        count = options.actors or fit
+        if count > fit:
+            console.print(
+                f"the Ray cluster holds {fit} of the {count} actors asked for now; the others "
+                "start when the cluster has room for them (nodes joining, other work ending)"
+            )
         worker = ray.remote(
             num_cpus=options.cpus_per_actor,
             num_gpus=options.gpus_per_actor,
@@ -190,11 +197,12 @@ class _Run:
 
 
 class _Scheduler:
-    """Keeps one run of shards in flight per actor. An idle actor takes ceil(queued / actors)
-    shards (guided self-scheduling): they go through one pipeline, so few runs start and drain,
-    while the last runs are short enough to end together. When an actor dies, its run's
-    unreported shards go back to the queue and the first of them, the one it was running,
-    counts the death."""
+    """Keeps one run of shards in flight per actor that has started (an actor the cluster has
+    no room for yet waits without work). An idle actor takes ceil(queued / actors) shards
+    (guided self-scheduling): they go through one pipeline, so few runs start and drain, while
+    the last runs are short enough to end together. When an actor dies, its run's unreported
+    shards go back to the queue and the first of them, the one it was running, counts the
+    death."""
 
     def __init__(
         self,
@@ -208,7 +216,8 @@ class _Scheduler:
     ):
         self.ray = ray
         self.console = console
-        self.idle = deque(range(len(actors)))
+        self.idle: deque[int] = deque()
+        self.starting = {actor.pid.remote(): index for index, actor in enumerate(actors)}
         self.actors = actors
         self.shared_inputs = shared_inputs
         self.queue = deque(pending)
@@ -220,17 +229,21 @@ class _Scheduler:
     def run(self) -> None:
         from ray.exceptions import RayActorError, RayTaskError
 
-        self._assign()
-        while self.running:
-            ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=WAIT_SECONDS)
-            for generator in ready:
-                run = self.running[generator]
+        while self.queue or self.running:
+            self._assign()
+            waiting = [*self.running, *self.starting]
+            ready, _ = self.ray.wait(waiting, num_returns=1, timeout=WAIT_SECONDS)
+            for ref in ready:
+                if ref in self.starting:
+                    self._started(ref)
+                    continue
+                run = self.running[ref]
                 try:
-                    entry = self.ray.get(next(generator))
+                    entry = self.ray.get(next(ref))
                 except StopIteration:
-                    self._end(generator)
+                    self._end(ref)
                 except RayActorError as err:
-                    self._end(generator)
+                    self._end(ref)
                     self._died(run, err)
                 except RayTaskError as err:
                     if isinstance(err.cause, FeatxError):
@@ -240,7 +253,21 @@ class _Scheduler:
                     run.shards.popleft()
                     self.on_shard(entry)
                     self.advance(entry["inputs"])
-            self._assign()
+
+    def _started(self, ready: Any) -> None:
+        """An actor answered its first call: it has its Runner and takes work from now on."""
+        from ray.exceptions import RayActorError
+
+        actor = self.starting.pop(ready)
+        try:
+            self.ray.get(ready)
+        except RayActorError as err:
+            raise FeatxError(
+                f"a Ray actor could not start ({_last_line(err)}); check that featx "
+                "and its runtime are installed on every node and that the model and inputs are "
+                "at the same path there (a shared file system)."
+            ) from err
+        self.idle.append(actor)
 
     def _end(self, generator: Any) -> None:
         self.idle.append(self.running.pop(generator).actor)
@@ -281,3 +308,10 @@ class _Scheduler:
             method = self.actors[actor].extract_shards.options(num_returns="streaming")
             generator = method.remote(list(shards), self.shared_inputs)
             self.running[generator] = _Run(actor, shards)
+
+
+def _last_line(err: Exception) -> str:
+    """The line of a Ray error that says what went wrong: its last (Ray puts the remote
+    traceback, colour codes included, before it)."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines()]
+    return next((line for line in reversed(lines) if line), type(err).__name__)

@@ -1,0 +1,97 @@
+"""Which int8 recipe featx-export --int8 uses by default, measured: each variant of the default
+recipe (one setting changed at a time) on the same fp32 exports, calibration and held-out photos,
+with the fidelity gate's figures and int8 vs fp32 model-only speed (batch 8, timed alternately).
+
+    python benchmarks/int8_recipes.py --output benchmarks/results/int8-recipes-cpu.json
+
+The instruction set of the machine is in every row (featx.quantization.cpu_instruction_set):
+the reduce_range row is what a machine of the other kind would default to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import onnx
+import torch
+from rich.console import Console
+
+import featx
+from featx.bench.corpus import make_corpus
+from featx.bench.report import show_and_write_rows
+from featx.models import get_extractor
+from featx.models.checkpoint import save_checkpoint
+from featx.quantization import Int8GateError, cpu_instruction_set, quantize_int8, recipe_for
+from featx.runtime.inputs import read_inputs
+from featx.testing.models import randomize_batchnorm
+
+ARCHS = ("resnet50", "mobilenet_v3_large", "vit_b_16")
+PHOTOS = 384
+VARIANTS = {
+    "default": {},
+    "reduce_range": {"reduce_range": True},
+    "per_tensor": {"per_channel": False},
+    "percentile": {"calibration": "percentile"},
+    "int8_activations": {"activations": "int8"},
+    "every_op": {"quantized_ops": ()},
+}
+
+
+def recipe_rows(arch: str, folder: Path, photos: Path) -> list[dict]:
+    torch.manual_seed(0)
+    model = randomize_batchnorm(get_extractor(arch).build_model())
+    checkpoint = save_checkpoint(folder / f"{arch}.pt", model, arch)
+    fp32 = featx.export(checkpoint, folder / f"{arch}.onnx")
+    proto = onnx.load(str(fp32.path))
+    images = read_inputs(photos)
+    default = recipe_for(cpu_instruction_set())
+    rows = []
+    for name, change in VARIANTS.items():
+        recipe = dataclasses.replace(default, **change)
+        try:
+            _, report = quantize_int8(
+                proto, fp32.metadata.preprocess, images, str(photos), recipe=recipe
+            )
+            gate = "passed"
+        except Int8GateError as err:
+            report, gate = err.report, "failed"
+        rows.append(
+            {
+                "arch": arch,
+                "variant": name,
+                "instruction_set": recipe.instruction_set,
+                "min_cosine": round(report.figures.min_cosine, 6),
+                "mean_cosine": round(report.figures.mean_cosine, 6),
+                "recall_at_10": round(report.figures.recall_at_10, 4),
+                "gate": gate,
+                "fp32_img_s": round(report.fp32_images_per_second, 2),
+                "int8_img_s": round(report.int8_images_per_second, 2),
+                "int8_vs_fp32": round(report.speedup, 3),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, help="JSON file to write")
+    parser.add_argument("--arch", nargs="*", default=list(ARCHS))
+    args = parser.parse_args()
+
+    rows: list[dict] = []
+    console = Console(width=200)
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = Path(tmp) / "photos"
+        make_corpus(photos, count=PHOTOS)
+        for arch in args.arch:
+            with console.status(f"{arch}: {len(VARIANTS)} recipes"):
+                rows += recipe_rows(arch, Path(tmp), photos)
+            console.print(rows[-len(VARIANTS) :])
+    show_and_write_rows(console, "int8 recipes (one setting changed at a time)", rows, args.output)
+
+
+if __name__ == "__main__":
+    main()
