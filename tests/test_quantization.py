@@ -4,6 +4,7 @@ the calibration set and the figures; featx extract runs the int8 file."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -55,12 +56,8 @@ def test_an_int8_export_within_its_gate_records_recipe_calibration_and_figures(
     figures = stored["figures"]
     assert figures["mean_cosine"] >= 0.999
     assert figures["recall_at_10"] >= 0.95
-    assert figures == {
-        "rows": result.int8.figures.rows,
-        "min_cosine": result.int8.figures.min_cosine,
-        "mean_cosine": result.int8.figures.mean_cosine,
-        "recall_at_10": result.int8.figures.recall_at_10,
-    }
+    assert figures == dataclasses.asdict(result.int8.figures)
+    assert 0 < figures["reference_pairwise_cosine"] < 1
     assert stored["speed"]["int8_images_per_second"] > 0
 
 
@@ -144,8 +141,43 @@ def test_the_recipe_keeps_8_bit_weights_only_where_the_cpu_has_vnni():
     assert recipe_for("x86-avx2").reduce_range is True
     assert recipe_for("x86-vnni").reduce_range is False
     assert recipe_for("arm").reduce_range is False
-    assert json.loads(json.dumps(recipe_for("x86-vnni").to_dict()))["quantized_ops"] == [
-        "Conv",
-        "MatMul",
-        "Gemm",
-    ]
+    stored = json.loads(json.dumps(recipe_for("x86-vnni").to_dict()))
+    assert stored["quantized_ops"] == ["Conv", "MatMul", "Gemm"]
+    assert stored["activation_matmuls"] is False
+
+
+def test_attention_matmuls_of_two_activations_stay_fp32(make_checkpoint, photos, tmp_path):
+    """transformer_encoder's attention: query x key and weights x value are MatMuls of two
+    activations; its linear layers' MatMuls (a weight input) are quantized."""
+    import onnx
+
+    checkpoint, _ = make_checkpoint("transformer_encoder")
+    featx.export(checkpoint, tmp_path / "int8.onnx", int8=True, calibrate=photos, **SIZES)
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    produced_by = {out: node for node in graph.node for out in node.output}
+    weights = {init.name for init in graph.initializer}
+    dequantized, fp32 = 0, 0
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        sources = [produced_by.get(name) for name in node.input]
+        if any(source is not None and source.op_type == "DequantizeLinear" for source in sources):
+            dequantized += 1
+        elif not weights & set(node.input):
+            fp32 += 1
+    assert dequantized > 0
+    assert fp32 > 0
+
+
+def test_a_failed_gate_on_a_crowded_embedding_set_says_the_model_hardly_tells_images_apart():
+    from featx.quantization import Int8Report, _gate_message
+
+    base = np.random.default_rng(0).normal(size=16)
+    crowded = base + np.random.default_rng(1).normal(scale=1e-3, size=(60, 16))
+    rounded = crowded + np.random.default_rng(2).normal(scale=1e-3, size=crowded.shape)
+    figures = embedding_fidelity(crowded, rounded)
+    assert figures.reference_pairwise_cosine > 0.99
+    report = Int8Report(recipe_for("x86-vnni"), Int8Gate(), figures, {}, 1.0, 2.0, 0.0)
+    message = _gate_message(report, Int8Gate().failures(figures))
+    assert "recall@10" in message
+    assert "the model hardly tells these images apart" in message

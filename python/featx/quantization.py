@@ -44,6 +44,9 @@ NEIGHBOURS = 10
 SPEED_BATCH = 8
 SPEED_REPEATS = 5
 WORST_TENSORS = 5
+CROWDED_COSINE = 0.99
+"""Above this mean cosine between different images' fp32 embeddings, the gate's message says the
+neighbour graph it checks is crowded."""
 SHUFFLE_SEED = 0
 
 
@@ -68,6 +71,9 @@ class Int8Recipe:
     quantized_ops: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
     """Only the ops that carry the model's multiply-adds; the rest (Add, pooling, Softmax,
     LayerNorm, GELU) stay fp32 between them. Empty: every op ONNX Runtime can quantize."""
+    activation_matmuls: bool = False
+    """Whether MatMuls of two activations (attention's query x key and weights x value) are
+    quantized too, rather than only those with a weight."""
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -77,10 +83,11 @@ class Int8Recipe:
     def describe(self) -> str:
         bits = " (7-bit range)" if self.reduce_range else ""
         channels = "per-channel" if self.per_channel else "per-tensor"
+        matmuls = "" if self.activation_matmuls else " (MatMuls of two activations fp32)"
         return (
             f"{self.instruction_set}: {self.activations} activations, {self.weights} "
             f"{channels} weights{bits}, {self.calibration} calibration, "
-            f"{'/'.join(self.quantized_ops) or 'every op'} quantized"
+            f"{'/'.join(self.quantized_ops) or 'every op'} quantized{matmuls}"
         )
 
 
@@ -130,6 +137,10 @@ class Int8Figures:
     min_cosine: float
     mean_cosine: float
     recall_at_10: float
+    reference_pairwise_cosine: float
+    """Mean cosine between the fp32 embeddings of different images: near 1, the model hardly
+    tells these images apart, and int8's rounding reorders their neighbours however small it
+    is (random-init networks often do this)."""
 
 
 @dataclass
@@ -166,9 +177,9 @@ class Int8Report:
 
 
 def embedding_fidelity(reference: np.ndarray, candidate: np.ndarray) -> Int8Figures:
-    """Per-row cosine of ``candidate`` to ``reference`` (rows: the same images) and recall@10:
-    the share of each image's 10 nearest neighbours (cosine, itself excluded) under
-    ``reference`` that are also among its 10 nearest under ``candidate``."""
+    """Per-row cosine of ``candidate`` to ``reference`` (rows: the same images), recall@10 (the
+    share of each image's 10 nearest neighbours (cosine, itself excluded) under ``reference``
+    that are also among its 10 nearest under ``candidate``) and how spread ``reference`` is."""
     ref = _unit_rows(reference.astype(np.float64))
     cand = _unit_rows(candidate.astype(np.float64))
     cosine = np.sum(ref * cand, axis=1)
@@ -183,6 +194,9 @@ def embedding_fidelity(reference: np.ndarray, candidate: np.ndarray) -> Int8Figu
         min_cosine=float(cosine.min()),
         mean_cosine=float(cosine.mean()),
         recall_at_10=found / (k * len(ref)),
+        reference_pairwise_cosine=float(
+            (np.sum(ref @ ref.T) - len(ref)) / (len(ref) * (len(ref) - 1))
+        ),
     )
 
 
@@ -228,12 +242,14 @@ def quantize_int8(
         )
         onnx.save(fp32, fp32_path)
         quant_pre_process(str(fp32_path), str(prepared_path), skip_symbolic_shape=True)
+        kept_fp32 = [] if recipe.activation_matmuls else _activation_matmuls(prepared_path)
         quantize_static(
             str(prepared_path),
             str(int8_path),
             _BatchReader(calibration),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(recipe.quantized_ops) or None,
+            nodes_to_exclude=kept_fp32,
             per_channel=recipe.per_channel,
             reduce_range=recipe.reduce_range,
             activation_type=types[recipe.activations],
@@ -336,6 +352,27 @@ def _usable_images(
     return np.concatenate(tensors)[:count], [listed.ids[i] for i in chosen[:count]]
 
 
+def _activation_matmuls(path: Path) -> list[str]:
+    """The MatMul nodes of the model at ``path`` with no weight (initializer) input; unnamed
+    nodes get a name there, since ONNX Runtime's quantizer excludes nodes by name."""
+    model = onnx.load(str(path))
+    weights = {init.name for init in model.graph.initializer}
+    weights |= {
+        out for node in model.graph.node if node.op_type == "Constant" for out in node.output
+    }
+    names = []
+    renamed = False
+    for index, node in enumerate(model.graph.node):
+        if node.op_type == "MatMul" and not weights & set(node.input):
+            if not node.name:
+                node.name = f"featx_matmul_{index}"
+                renamed = True
+            names.append(node.name)
+    if renamed:
+        onnx.save(model, str(path))
+    return names
+
+
 def _embed(session: Any, images: np.ndarray) -> np.ndarray:
     parts = [
         session.run([OUTPUT_NAME], {INPUT_NAME: images[start : start + CALIBRATION_BATCH]})[0]
@@ -388,12 +425,20 @@ def _worst_tensors(
 def _gate_message(report: Int8Report, failed: list[str]) -> str:
     fig = report.figures
     worst = "; ".join(f"{t['tensor']} {t['sqnr_db']} dB" for t in report.worst_tensors)
+    crowded = ""
+    if fig.reference_pairwise_cosine > CROWDED_COSINE:
+        crowded = (
+            f" The fp32 embeddings of different images are {fig.reference_pairwise_cosine:.6f} "
+            "cosine to each other on average: the model hardly tells these images apart, so "
+            "int8's rounding reorders their neighbours (is it trained, and for images like "
+            "these?)."
+        )
     return (
         f"the int8 model failed its fidelity gate on {fig.rows} held-out images: "
         f"{', '.join(failed)} (min cosine {fig.min_cosine:.6f}, mean {fig.mean_cosine:.6f}, "
         f"recall@10 {fig.recall_at_10:.4f}; recipe {report.recipe.describe()}). Tensors that lost "
-        f"most (signal to quantization noise, lower is worse): {worst or 'none found'}. Nothing "
-        "was written. Calibrate on images like the ones you will extract (more of them, "
+        f"most (signal to quantization noise, lower is worse): {worst or 'none found'}.{crowded} "
+        "Nothing was written. Calibrate on images like the ones you will extract (more of them, "
         "--calibration-size), or keep the fp32 export."
     )
 
