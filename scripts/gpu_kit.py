@@ -277,13 +277,13 @@ def emulate(into: Path) -> None:
         queue += [req.name for req in requires(name)]
     venv.EnvBuilder(with_pip=True, clear=True).create(into)
     site = next(into.glob("lib/python*/site-packages"))
-    linked = set()
     for dist in closure.values():
         source = Path(dist.locate_file(""))
         for entry in _top_level_entries(dist):
-            if entry not in linked and (source / entry).exists():
+            # An entry already there is the new environment's own pip or setuptools, or one
+            # that another distribution of the closure shares (a namespace such as nvidia/).
+            if (source / entry).exists() and not (site / entry).exists():
                 (site / entry).symlink_to(source / entry)
-                linked.add(entry)
     print(
         f"emulate: {into}: {len(closure)} distributions linked from {sys.prefix}; "
         f"not in this environment (the kit provides them): {', '.join(sorted(absent)) or 'none'}"
