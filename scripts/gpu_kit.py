@@ -329,9 +329,14 @@ def summary(steps: Path, out: Path, mode: str) -> None:
     lines += [f"| {name} | {verdict} | {seconds} | {cap} |" for name, verdict, seconds, cap in rows]
     total = sum(int(row[2]) for row in rows)
     lines += ["", f"Total {total} s."]
+    unrun = 0
     for junit in ("pytest-gpu.xml", "kernel-shapes.xml"):
         if (out / junit).is_file():
-            lines += ["", f"{junit}: {_junit_counts(out / junit)}"]
+            counts, skipped_for_gpu = _junit_counts(out / junit)
+            lines += ["", f"{junit}: {counts}"]
+            unrun += skipped_for_gpu
+    if mode == "gpu" and unrun:
+        lines += ["", f"FAILED: {unrun} gpu tests skipped for want of a GPU on a GPU machine"]
     if (out / "bench.json").is_file():
         document = json.loads((out / "bench.json").read_text())
         lines += ["", f"bench.json: {_status_counts(document['rows'])}", ""]
@@ -367,15 +372,21 @@ def summary(steps: Path, out: Path, mode: str) -> None:
         ]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if mode == "gpu" and unrun:
+        sys.exit(1)
 
 
-def _junit_counts(path: Path) -> str:
+def _junit_counts(path: Path) -> tuple[str, int]:
+    """A JUnit file's counts, and how many tests tests/conftest.py skipped for want of a GPU."""
     import xml.etree.ElementTree as ElementTree
 
     root = ElementTree.parse(path).getroot()
     suite = root if root.tag == "testsuite" else root.find("testsuite")
     counts = {key: suite.get(key) for key in ("tests", "failures", "errors", "skipped")}
-    return ", ".join(f"{value} {key}" for key, value in counts.items())
+    skipped_for_gpu = sum(
+        "needs a CUDA GPU" in (skipped.get("message") or "") for skipped in suite.iter("skipped")
+    )
+    return ", ".join(f"{value} {key}" for key, value in counts.items()), skipped_for_gpu
 
 
 def _status_counts(rows: list[dict]) -> str:
