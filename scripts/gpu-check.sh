@@ -2,9 +2,9 @@
 # The GPU proof in one command, on a GPU machine that reaches no package registry (issue 16):
 # installs from the kit only (scripts/gpu-prepare.sh made it; pass it to the machine as a carried
 # path), builds featx._runner against the kit's TurboJPEG and ONNX Runtime headers, then runs,
-# each step timed, logged and capped: the gpu tests, the kernels at ResNet-50's and ViT-B/16's
-# own shapes, `featx bench` on CUDA, and `featx extract --backend torch --fuse` against the eager
-# DataLoader loop over 2,048 JPEGs. Exits non-zero if any step fails.
+# each step timed, logged and capped: the kernels at ResNet-50's and ViT-B/16's own shapes, the
+# other gpu tests, `featx bench` on CUDA, and `featx extract --backend torch --fuse` against the
+# eager DataLoader loop over 2,048 JPEGs. Exits non-zero if any step fails.
 #
 #   scripts/gpu-check.sh             on the GPU machine, from the source tree
 #   scripts/gpu-check.sh --dry-run   on a CPU machine (make gpu-dry-run): every step short of the
@@ -52,8 +52,8 @@ FEATX_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || cat "$KIT/commit")
 export FEATX_COMMIT
 
 # Sizes. The GPU run has one <= 8 minute slot (10 at most per command, 15 for the whole check
-# with the machine's start), so each step has a cap; the caps sum to 570 s (a killed step still
-# leaves the summary) and the expected times, estimates until the first H200 run, to ~8 min.
+# with the machine's start), so each step has a cap; the caps sum to 555 s (a killed step still
+# leaves the summary) and the expected times, estimates until the first H200 run, to ~6.5 min.
 # The dry run keeps the steps and arguments and shrinks only the work.
 if [ "$MODE" = gpu ]; then
   DEVICE=cuda
@@ -65,6 +65,11 @@ if [ "$MODE" = gpu ]; then
   # A multiple of the batch (64): a last, smaller batch would autotune every conv shape again.
   EXTRACT_IMAGES=2048
   EXTRACT_WORKERS=$(nproc)
+  # Test processes (pytest-xdist): Triton compiles each kernel variant and autotune tile on one
+  # core, ~1 s each, ~300 of them in the gpu tests; in parallel they take ~1/16 of the time. The
+  # tests check results, so timing noise between processes sharing the GPU only changes which
+  # tile wins there.
+  PYTEST_WORKERS=$(nproc)
 else
   DEVICE=cpu
   # The smallest registered model: the harness, its rows and its JSON/PNG, not CPU speed.
@@ -74,6 +79,7 @@ else
   BENCH_WARMUP=1
   EXTRACT_IMAGES=16
   EXTRACT_WORKERS=2
+  PYTEST_WORKERS=2
 fi
 # The model backends the claims need and torch.compile; the conv kind without its compile rows
 # (48 inductor builds of single blocks, ~1-2 min: the claim is featx against cuDNN, which stays);
@@ -82,7 +88,8 @@ BENCH_BACKENDS=eager,eager-fp16,eager-bf16,compile,fused,conv:eager-nchw,conv:fe
 
 rm -rf "$WORK"
 mkdir -p "$WORK/logs" "$OUT"
-rm -f "$OUT"/{summary.md,gpu-check.log,pytest-gpu.xml,kernel-shapes.xml,bench.json,bench.png,extract.json}
+rm -f "$OUT"/{summary.md,gpu-check.log,pytest-gpu.xml,kernel-shapes.xml} \
+  "$OUT"/{bench.json,bench.png,extract.json}
 STEPS=$WORK/steps.tsv
 : >"$STEPS"
 failed=0
@@ -135,7 +142,8 @@ PY
   if command -v nvidia-smi >/dev/null; then nvidia-smi -L; fi
 }
 
-# Expected ~45 s: unpacking and a handful of wheels take seconds; the C++ build ~30 s on 16 cores.
+# Expected ~20 s: unpacking and a handful of wheels take seconds, the C++ build ~15 s (16 s on
+# the 2-core build machine).
 install_featx() {
   "$PYTHON" scripts/gpu_kit.py unpack-debs "$PREFIX" "$KIT"/debs/*.deb
   "$PYTHON" scripts/gpu_kit.py install "$KIT/wheels" "$SITE"
@@ -166,31 +174,35 @@ install_featx() {
   fi
   "$PYTHON" -c "
 from featx.runtime.native import native, onnxruntime_library
-runner = native()
-print('featx._runner runs ONNX Runtime', runner.onnxruntime_version(), 'from', onnxruntime_library())"
+version = native().onnxruntime_version()
+print('featx._runner runs ONNX Runtime', version, 'from', onnxruntime_library())"
 }
 
 pytest_gpu() {
   local selection=$1 junit=$2
-  "$PYTHON" -m pytest tests -m gpu -k "$selection" -p no:cacheprovider -q -rs --durations=15 \
-    --junitxml="$junit"
+  "$PYTHON" -m pytest tests -m gpu -k "$selection" -n "$PYTEST_WORKERS" -p no:cacheprovider -q \
+    -rs --durations=15 --junitxml="$junit"
 }
 
-export MODE PYTHON KIT SITE PREFIX WORK
+export MODE PYTHON KIT SITE PREFIX WORK PYTEST_WORKERS
 export -f machine_facts install_featx pytest_gpu
 
-run_step machine 15 machine_facts || { "$PYTHON" scripts/gpu_kit.py summary "$STEPS" "$OUT" "$MODE"; exit 1; }
-run_step install 75 install_featx || { "$PYTHON" scripts/gpu_kit.py summary "$STEPS" "$OUT" "$MODE"; exit 1; }
-# Expected ~90 s: 10 kernel cases x 3 dtypes, each specialisation compiled and autotuned over
-# 11 conv / 6 attention tiles; fuse(resnet50) and fuse(vit_b_16) parity; the bench's own gpu test.
-run_step pytest-gpu 110 pytest_gpu "not model_shapes" "$OUT/pytest-gpu.xml" || true
-# Expected ~35 s: ResNet-50's 24 conv blocks and ViT-B/16's attention, fp16 and bf16, batch 16
-# (fp16 tuned already; bf16 compiles and tunes).
-run_step kernel-shapes 50 pytest_gpu "model_shapes" "$OUT/kernel-shapes.xml" || true
+write_summary() { "$PYTHON" scripts/gpu_kit.py summary "$STEPS" "$OUT" "$MODE"; }
+
+# Nothing else can run without the machine's stack or the build.
+run_step machine 15 machine_facts || { write_summary; exit 1; }
+run_step install 60 install_featx || { write_summary; exit 1; }
+# Expected ~40 s: ResNet-50's 24 conv blocks and ViT-B/16's attention, fp16 and bf16, batch 16.
+# First, so that its parallel compiles and tunings serve fuse(resnet50)/fuse(vit_b_16)'s parity
+# test below (the same shapes, batch and fp16), which alone would take ~100 s in one process.
+run_step kernel-shapes 60 pytest_gpu "model_shapes" "$OUT/kernel-shapes.xml" || true
+# Expected ~40 s: 10 odd-shaped kernel cases x 3 dtypes, opcheck on CUDA, the fused models'
+# parity, the bench's own gpu test.
+run_step pytest-gpu 70 pytest_gpu "not model_shapes" "$OUT/pytest-gpu.xml" || true
 # Expected ~230 s: four torch.compile builds of whole models (~30 s each) and autotuning the
 # fused conv shapes at both batches (~70 s) dominate; 2 models x 2 batches x 5 backends, 24 conv
 # blocks x 2 batches x 3 backends, 2 x 3 attention rows, each 2 + 10 runs of 1-100 ms.
-run_step bench 270 featx bench --device "$DEVICE" --model "$BENCH_MODELS" \
+run_step bench 300 featx bench --device "$DEVICE" --model "$BENCH_MODELS" \
   --batch-sizes "$BENCH_BATCHES" --backends "$BENCH_BACKENDS" --repeats "$BENCH_REPEATS" \
   --warmup "$BENCH_WARMUP" --output "$OUT/bench.json" --plot "$OUT/bench.png" || true
 # Expected ~35 s: writing the JPEGs ~15 s (7 ms each), then each side twice (the first warms up).
@@ -198,5 +210,5 @@ run_step extract 50 "$PYTHON" benchmarks/extract_torch_fused.py --device "$DEVIC
   --images "$EXTRACT_IMAGES" --workers "$EXTRACT_WORKERS" --output "$OUT/extract.json" \
   --work-dir "$WORK/extract" || true
 
-"$PYTHON" scripts/gpu_kit.py summary "$STEPS" "$OUT" "$MODE"
+write_summary
 exit "$failed"

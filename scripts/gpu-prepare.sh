@@ -41,12 +41,13 @@ apt-get "${apt_private[@]}" update -qq
 
 git rev-parse --short HEAD >"$KIT/commit"
 if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
-  echo "gpu-prepare: warning: uncommitted changes; results will name commit $(cat "$KIT/commit")" >&2
+  echo "gpu-prepare: warning: uncommitted changes; results will name $(cat "$KIT/commit")" >&2
 fi
 
 kit_bytes=$(du -sb "$KIT" | cut -f1)
 # What the GPU machine receives besides the kit: tracked and untracked, not ignored, files.
-tree_bytes=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- | tail -1 | cut -f1)
+tree_bytes=$(git ls-files -z --cached --others --exclude-standard |
+  du -cb --files0-from=- | tail -1 | cut -f1)
 total_mib=$(( (kit_bytes + tree_bytes + 1048575) / 1048576 ))
 ls -l "$KIT/wheels" "$KIT/debs" | awk 'NF > 5 {print "  " $5 "\t" $NF}'
 awk -v kit="$kit_bytes" -v tree="$tree_bytes" -v dir="$KIT" -v limit="$LIMIT_MIB" 'BEGIN {

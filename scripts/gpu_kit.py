@@ -43,7 +43,7 @@ TARGET_PACKAGES = ROOT / "scripts" / "gpu-target.txt"
 CHECK_EXTRAS = ("cpu", "torch")
 """featx's extras the GPU check runs: the runtime with CPU ONNX Runtime (the machine's) and the
 PyTorch side (fuse, bench, kernels)."""
-CHECK_TOOLS = ("pytest", "pytest-benchmark")
+CHECK_TOOLS = ("pytest", "pytest-benchmark", "pytest-xdist")
 """Test tools the check runs, with the versions featx's test extras ask for."""
 
 
@@ -55,10 +55,17 @@ def check_requirements() -> list[Requirement]:
     lines = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
     for extra in CHECK_EXTRAS:
         lines += extras[extra]
-    every_extra = [Requirement(line) for lines_ in extras.values() for line in lines_]
+    in_extras = {
+        canonicalize_name(Requirement(line).name): line
+        for extra_lines in extras.values()
+        for line in extra_lines
+    }
     for tool in CHECK_TOOLS:
-        lines += [str(req) for req in every_extra if canonicalize_name(req.name) == tool][:1]
-    return [Requirement(line) for line in lines]
+        if tool not in in_extras:
+            raise SystemExit(f"gpu_kit: no extra in pyproject.toml names {tool}")
+        lines.append(in_extras[tool])
+    requirements = [Requirement(line) for line in lines]
+    return [req for req in requirements if req.marker is None or req.marker.evaluate()]
 
 
 def target_packages() -> dict[str, Version]:
@@ -103,7 +110,7 @@ def carried_requirements() -> list[Requirement]:
 
 def resolve(requirements: Iterable[Requirement], python_version: str) -> dict[str, str]:
     """pip's resolution of ``requirements`` for CPython ``python_version`` on manylinux x86-64:
-    {name: version}, without downloading or installing anything."""
+    {name: version}; nothing is installed."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         pip(
@@ -123,8 +130,9 @@ def resolve(requirements: Iterable[Requirement], python_version: str) -> dict[st
 
 def platform_options(python_version: str) -> list[str]:
     """pip options selecting wheels for another interpreter: CPython ``python_version``,
-    manylinux x86-64 (any glibc a current machine has)."""
-    platforms = ["manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64"]
+    manylinux x86-64 up to glibc 2.28, which any machine running PyTorch's manylinux_2_28
+    wheels has."""
+    platforms = ["manylinux2014_x86_64", "manylinux_2_28_x86_64"]
     return [
         "--only-binary=:all:",
         "--python-version",
@@ -262,7 +270,7 @@ def emulate(into: Path) -> None:
     kit carries), so that the dry run installs what the GPU machine would."""
     names = set(target_packages())
     closure: dict[str, importlib.metadata.Distribution] = {}
-    absent = []
+    absent = set()
     queue = sorted(names)
     while queue:
         name = canonicalize_name(queue.pop())
@@ -271,7 +279,7 @@ def emulate(into: Path) -> None:
         try:
             dist = importlib.metadata.distribution(name)
         except importlib.metadata.PackageNotFoundError:
-            absent.append(name)
+            absent.add(name)
             continue
         closure[name] = dist
         queue += [req.name for req in requires(name)]
