@@ -66,7 +66,7 @@ if [ "$MODE" = gpu ]; then
   EXTRACT_IMAGES=2048
   EXTRACT_WORKERS=$(nproc)
   # Test processes (pytest-xdist): Triton compiles each kernel variant and autotune tile on one
-  # core, ~1 s each, ~300 of them in the gpu tests; in parallel they take ~1/16 of the time. The
+  # core, ~1 s each (estimated), ~300 in the gpu tests; in parallel they take ~1/16 of that. The
   # tests check results, so timing noise between processes sharing the GPU only changes which
   # tile wins there.
   PYTEST_WORKERS=$(nproc)

@@ -108,9 +108,11 @@ def carried_requirements() -> list[Requirement]:
     return carried
 
 
-def resolve(requirements: Iterable[Requirement], python_version: str) -> dict[str, str]:
-    """pip's resolution of ``requirements`` for CPython ``python_version`` on manylinux x86-64:
-    {name: version}; nothing is installed."""
+def resolve(requirements: list[Requirement], python_version: str) -> dict[str, str]:
+    """pip's resolution of ``requirements`` for CPython ``python_version`` on manylinux x86-64,
+    cut to what they need beyond the target's packages: {name: version}. pip resolves as if
+    nothing were installed, so the walk from ``requirements`` through each item's dependencies
+    stops at a package the target holds (one of ``requirements`` themselves always travels)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         pip(
@@ -125,7 +127,23 @@ def resolve(requirements: Iterable[Requirement], python_version: str) -> dict[st
             *map(str, requirements),
         )
         items = json.loads(report.read_text())["install"]
-    return {item["metadata"]["name"]: item["metadata"]["version"] for item in items}
+    metadata = {canonicalize_name(item["metadata"]["name"]): item["metadata"] for item in items}
+    target = target_packages()
+    markers = {"python_version": python_version, "python_full_version": f"{python_version}.0"}
+    needed: dict[str, str] = {}
+    queue = [canonicalize_name(req.name) for req in requirements]
+    while queue:
+        name = queue.pop()
+        if name in needed:
+            continue
+        needed[name] = metadata[name]["version"]
+        for line in metadata[name].get("requires_dist", []):
+            req = Requirement(line)
+            dependency = canonicalize_name(req.name)
+            applies = req.marker is None or req.marker.evaluate({**markers, "extra": ""})
+            if applies and dependency not in target:
+                queue.append(dependency)
+    return needed
 
 
 def platform_options(python_version: str) -> list[str]:
@@ -144,16 +162,9 @@ def platform_options(python_version: str) -> list[str]:
 
 
 def carry(wheels: Path, python_version: str) -> None:
-    carried = carried_requirements()
-    target = target_packages()
-    resolved = resolve(carried, python_version)
-    carried_names = {canonicalize_name(req.name) for req in carried}
-    # A dependency the target holds stays behind (pip resolved it as if nothing were installed);
-    # one of the carried requirements themselves travels even where the target has an old copy.
     pins = [
         f"{name}=={version}"
-        for name, version in sorted(resolved.items())
-        if canonicalize_name(name) in carried_names or canonicalize_name(name) not in target
+        for name, version in sorted(resolve(carried_requirements(), python_version).items())
     ]
     wheels.mkdir(parents=True, exist_ok=True)
     for pin in pins:
