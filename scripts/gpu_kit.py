@@ -110,11 +110,18 @@ def carried_requirements() -> list[Requirement]:
 
 def resolve(requirements: list[Requirement], python_version: str) -> dict[str, str]:
     """pip's resolution of ``requirements`` for CPython ``python_version`` on manylinux x86-64,
-    cut to what they need beyond the target's packages: {name: version}. pip resolves as if
-    nothing were installed, so the walk from ``requirements`` through each item's dependencies
-    stops at a package the target holds (one of ``requirements`` themselves always travels)."""
+    cut to what they need beyond the target's packages: {name: version}. The target's packages
+    are pinned at its versions (so a carried wheel suits the numpy there, say), but pip resolves
+    as if nothing were installed, so the walk from ``requirements`` through each item's
+    dependencies stops at a package the target holds (``requirements`` themselves travel)."""
+    target = target_packages()
+    carried = {canonicalize_name(req.name) for req in requirements}
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
+        constraints = Path(tmp) / "target.txt"
+        constraints.write_text(
+            "".join(f"{name}=={v}\n" for name, v in target.items() if name not in carried)
+        )
         pip(
             "install",
             "--dry-run",
@@ -122,13 +129,14 @@ def resolve(requirements: list[Requirement], python_version: str) -> dict[str, s
             "--target",
             f"{tmp}/unused",
             *platform_options(python_version),
+            "--constraint",
+            str(constraints),
             "--report",
             str(report),
             *map(str, requirements),
         )
         items = json.loads(report.read_text())["install"]
     metadata = {canonicalize_name(item["metadata"]["name"]): item["metadata"] for item in items}
-    target = target_packages()
     markers = {"python_version": python_version, "python_full_version": f"{python_version}.0"}
     needed: dict[str, str] = {}
     queue = [canonicalize_name(req.name) for req in requirements]
