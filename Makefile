@@ -12,7 +12,7 @@ RUNTIME_PY := $(RUNTIME_VENV)/bin/python
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-runtime lint format bench bench-gpu bench-extract bench-pytest \
-	bench-export bench-timm bench-startup bench-inputs test-fixtures clean
+	bench-export bench-timm bench-startup bench-inputs test-fixtures gpu-kit gpu-dry-run clean
 
 setup: $(INSTALLED)
 
@@ -99,6 +99,24 @@ bench-pytest: setup
 # Start-up of every runtime command and whole-process featx extract vs eager on 600 JPEGs.
 bench-startup: setup
 	$(PY) benchmarks/startup.py --venv $(VENV) --output $(BENCH_OUT)-startup.json
+
+# Issue 16, the GPU proof on a machine without a registry (README, "On a GPU machine"):
+# `make gpu-kit` downloads into GPU_KIT what that machine lacks; carry GPU_KIT there with the
+# source tree and run scripts/gpu-check.sh. `make gpu-dry-run` runs the same check here, short
+# of the GPU: a kit for this interpreter, a stand-in for the GPU machine's interpreter holding
+# only its packages (scripts/gpu-target.txt, linked from .venv), no registry.
+GPU_KIT ?= gpu-kit
+GPU_DRY_RUN := build/gpu-dry-run
+
+gpu-kit: setup
+	PYTHON=$(PY) scripts/gpu-prepare.sh $(GPU_KIT)
+
+gpu-dry-run: setup
+	GPU_KIT_PYTHON=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
+		PYTHON=$(PY) scripts/gpu-prepare.sh $(GPU_DRY_RUN)/kit
+	$(PY) scripts/gpu_kit.py emulate $(GPU_DRY_RUN)/target
+	GPU_KIT=$(GPU_DRY_RUN)/kit OUT=$(GPU_DRY_RUN)/results PYTHON=$(GPU_DRY_RUN)/target/bin/python \
+		scripts/gpu-check.sh --dry-run
 
 clean:
 	rm -rf build featx-demo .pytest_cache .ruff_cache $(RUNTIME_VENV)

@@ -146,6 +146,24 @@ def test_cases_put_references_first_and_reject_unknown_backends():
         build_cases(["resnet18"], ["tensorrt"], [1], "cpu")
 
 
+def test_one_row_of_a_kind_comes_with_its_reference():
+    blocks = ["7x7s2 3-64 224x224+relu", "1x1s1 64-256 56x56"]
+    cases = build_cases(
+        ["resnet50"], ["conv:featx", "attention:featx"], [64], "cuda", conv_blocks=blocks
+    )
+    assert [(c.kind, c.backend) for c in cases] == [
+        ("conv", "eager-channels_last"),
+        ("conv", "featx"),
+        ("conv", "eager-channels_last"),
+        ("conv", "featx"),
+        ("attention", "sdpa"),
+        ("attention", "featx"),
+    ]
+    assert BenchSettings(backends=("conv:eager-nchw",), device="cuda").cases()[0].kind == "conv"
+    with pytest.raises(ValueError, match="KIND:BACKEND"):
+        build_cases(["resnet50"], ["conv:cudnn"], [64], "cuda", conv_blocks=blocks)
+
+
 def test_bench_reports_drifting_features_as_failing_parity(tmp_path):
     settings = BenchSettings(models=("small_cnn",), batch_sizes=(2,), repeats=1, warmup=0)
     bench = Bench(settings, tmp_path)

@@ -288,7 +288,9 @@ def test_fused_model_matches_eager_on_gpu_in_fp16(arch):
     model = randomize_batchnorm(model).eval().cuda().half()
     model = model.to(memory_format=torch.channels_last)
     fused = featx.fuse(model)
-    images = torch.randn(8, 3, 224, 224, device="cuda", dtype=torch.float16)
+    # Batch 16, a multiple of 16 as the GPU benchmark's 64 and 256: Triton specialises integer
+    # arguments on divisibility by 16, so the benchmark reuses the kernels compiled here.
+    images = torch.randn(16, 3, 224, 224, device="cuda", dtype=torch.float16)
     images = images.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         expected = model(images)

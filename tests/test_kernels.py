@@ -13,6 +13,8 @@ import pytest
 import torch
 
 import featx.kernels.launch as launch
+from featx.bench.cases import ATTENTION_SHAPE
+from featx.bench.kernels import resnet50_conv_blocks
 from featx.kernels import attention, conv_bn_relu
 from featx.testing.gpu_compile import VARIANTS
 from featx.testing.references import attention_ref, conv_bn_relu_ref
@@ -37,6 +39,11 @@ ATTENTION_CASES = {
 # The interpreter maps tensors to numpy, which has no bfloat16: bf16 runs only in the gpu tests.
 CPU_DTYPES = [torch.float32, torch.float16]
 GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# The models' own shapes (featx.bench's conv and attention cases) in the dtypes they run in. Batch
+# 16: Triton specialises integer arguments on divisibility by 16, so the kernels compiled here
+# are the ones the GPU benchmark (batch 64 and 256) reuses from Triton's cache.
+MODEL_SHAPE_DTYPES = [torch.float16, torch.bfloat16]
+MODEL_SHAPE_BATCH = 16
 
 
 def _conv_inputs(case, dtype, device, seed=0):
@@ -250,12 +257,25 @@ def test_attention_compiled_matches_reference(case, dtype):
 
 
 @pytest.mark.gpu
-def test_conv_bn_relu_compiled_at_a_resnet50_shape():
-    """A real layer size: many programs, autotuned tiles, fp16."""
-    case = (8, 256, 56, 56, 64, 1, 1, 0, 1, False, True)
-    _check_conv(case, torch.float16, "cuda")
-    case = (8, 64, 56, 56, 64, 3, 1, 1, 1, True, True)
-    _check_conv(case, torch.float16, "cuda")
+@pytest.mark.parametrize("dtype", MODEL_SHAPE_DTYPES, ids=str)
+@pytest.mark.parametrize("block", resnet50_conv_blocks().values(), ids=resnet50_conv_blocks())
+def test_conv_bn_relu_compiled_at_model_shapes(block, dtype):
+    """Every distinct conv block of ResNet-50 at 224x224: real layer sizes, many programs,
+    autotuned tiles."""
+    case = (
+        *(MODEL_SHAPE_BATCH, block.channels, block.height, block.width, block.out_channels),
+        *(block.kernel, block.stride, block.padding, 1, block.residual, block.relu),
+    )
+    _check_conv(case, dtype, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", MODEL_SHAPE_DTYPES, ids=str)
+def test_attention_compiled_at_model_shapes(dtype):
+    """ViT-B/16's attention (12 heads, 197 tokens, head dim 64)."""
+    shape = ATTENTION_SHAPE
+    case = (MODEL_SHAPE_BATCH, shape["heads"], shape["length"], shape["head_dim"], False)
+    _check_attention(case, dtype, "cuda")
 
 
 @pytest.mark.gpu

@@ -495,7 +495,8 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backends",
         default=",".join(defaults.backends),
-        help=f"comma-separated, from: {', '.join(ALL_BACKENDS)} "
+        help=f"comma-separated, from: {', '.join(ALL_BACKENDS)}; one row of a kind as "
+        "KIND:BACKEND, e.g. conv:featx (with the kind's reference) "
         "(default: all but the GPU kernel kinds conv and attention)",
     )
     parser.add_argument("--batch-sizes", default=",".join(map(str, defaults.batch_sizes)))

@@ -49,8 +49,10 @@ GROUP_BACKENDS = {
     "conv": CONV_BACKENDS,
     "attention": ATTENTION_BACKENDS,
 }
-"""Names accepted in a backend list that stand for all rows of a kind."""
+"""Names accepted in a backend list that stand for all rows of a kind; ``KIND:BACKEND`` (e.g.
+``conv:featx``) stands for one of them, measured with the kind's reference."""
 ALL_BACKENDS = (*MODEL_BACKENDS, *GROUP_BACKENDS)
+ONE_ROW_BACKENDS = tuple(f"{kind}:{b}" for kind, group in GROUP_BACKENDS.items() for b in group)
 DEFAULT_BACKENDS = (*MODEL_BACKENDS, "extract-e2e", "preprocess")
 """Everything but the kernel kinds, which are GPU-only and ~200 rows: asked for by name."""
 REFERENCE = {
@@ -127,10 +129,11 @@ def build_cases(
     """Every case of the run, references first within each group (their figures are needed
     for the speedups and parity of the rest), in a stable order. The ``conv`` kind needs the
     labels of the conv blocks it times (featx.bench.kernels.resnet50_conv_blocks)."""
-    unknown = sorted(set(backends) - set(ALL_BACKENDS))
+    unknown = sorted(set(backends) - set(ALL_BACKENDS) - set(ONE_ROW_BACKENDS))
     if unknown:
         raise ValueError(
-            f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(ALL_BACKENDS)}"
+            f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(ALL_BACKENDS)}, "
+            "or one row of a kind as KIND:BACKEND (e.g. conv:featx)"
         )
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose {' or '.join(DEVICES)}")
@@ -142,27 +145,39 @@ def build_cases(
         for batch in batch_sizes:
             chosen = _with_references(model_backends, "model")
             cases += [Case("model", model, b, batch, device, backend_dtype(b)) for b in chosen]
-    if "extract-e2e" in backends:
-        for model in models:
-            for batch in batch_sizes:
-                cases += [Case("extract-e2e", model, b, batch, device) for b in E2E_BACKENDS]
-    if "preprocess" in backends:
-        cases += [Case("preprocess", PREPROCESS_MODEL, b, 1, "cpu") for b in PREPROCESS_BACKENDS]
-    if "conv" in backends:
-        if conv_blocks is None:
-            raise ValueError("conv cases need conv_blocks, the labels of the blocks to time")
-        for block in conv_blocks:
-            for batch in batch_sizes:
-                cases += [
-                    Case("conv", block, b, batch, device, KERNEL_DTYPE) for b in CONV_BACKENDS
-                ]
-    if "attention" in backends:
+    for model in models:
         for batch in batch_sizes:
             cases += [
-                Case("attention", ATTENTION_CASE, b, batch, device, KERNEL_DTYPE)
-                for b in ATTENTION_BACKENDS
+                Case("extract-e2e", model, b, batch, device)
+                for b in group_backends(backends, "extract-e2e")
             ]
+    cases += [
+        Case("preprocess", PREPROCESS_MODEL, b, 1, "cpu")
+        for b in group_backends(backends, "preprocess")
+    ]
+    conv_backends = group_backends(backends, "conv")
+    if conv_backends and conv_blocks is None:
+        raise ValueError("conv cases need conv_blocks, the labels of the blocks to time")
+    for block in conv_blocks if conv_backends else ():
+        for batch in batch_sizes:
+            cases += [Case("conv", block, b, batch, device, KERNEL_DTYPE) for b in conv_backends]
+    for batch in batch_sizes:
+        cases += [
+            Case("attention", ATTENTION_CASE, b, batch, device, KERNEL_DTYPE)
+            for b in group_backends(backends, "attention")
+        ]
     return cases
+
+
+def group_backends(backends: Sequence[str], kind: str) -> list[str]:
+    """The backends of group ``kind`` that ``backends`` selects, in the group's order (reference
+    first): all of them for the kind's name; for ``KIND:BACKEND`` names, those and the
+    reference their speedups and parity are taken against."""
+    group = GROUP_BACKENDS[kind]
+    if kind in backends:
+        return list(group)
+    chosen = {b.split(":", 1)[1] for b in backends if b.startswith(f"{kind}:")}
+    return [b for b in group if b in chosen or (chosen and b == REFERENCE[kind])]
 
 
 def _with_references(chosen: list[str], kind: str) -> list[str]:

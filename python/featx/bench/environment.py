@@ -18,7 +18,8 @@ import featx
 def environment() -> dict[str, str]:
     """Device (CPU model and cores; GPU name where CUDA is available), versions, git commit.
 
-    ``commit`` is that of the featx source tree (empty when featx is installed from a wheel).
+    ``commit`` is that of the featx source tree; where featx is installed from a wheel or a
+    copy without .git, ``FEATX_COMMIT`` (scripts/gpu-check.sh sets it from the kit), else empty.
     """
     info = {"device": f"CPU: {_cpu_model()} ({os.cpu_count()} cores)"}
     if torch.cuda.is_available():
@@ -43,7 +44,7 @@ def environment() -> dict[str, str]:
         capture_output=True,
         text=True,
         check=False,
-    ).stdout.strip()
+    ).stdout.strip() or os.environ.get("FEATX_COMMIT", "")
     return info
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from featx.bench.cases import DEFAULT_BACKENDS, Case, build_cases
+from featx.bench.cases import DEFAULT_BACKENDS, Case, build_cases, group_backends
 from featx.runtime.errors import FeatxError
 
 
@@ -43,7 +43,7 @@ class BenchSettings:
     def cases(self) -> list[Case]:
         """Every case these settings measure (featx.bench.cases.build_cases)."""
         conv_blocks = None
-        if "conv" in self.backends:
+        if group_backends(self.backends, "conv"):
             from featx.bench.kernels import resnet50_conv_blocks
 
             conv_blocks = list(resnet50_conv_blocks())
