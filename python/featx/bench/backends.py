@@ -34,6 +34,7 @@ from featx.runtime.runner import Runner
 from featx.testing.models import randomize_batchnorm
 
 INPUT_SEED = 0
+INT8_CPU_ONLY = "featx's int8 files are made and gated for ONNX Runtime's CPU provider"
 INT8_IMAGES = 384
 """Real-photo crops for the int8 export: featx-export's default 128 to calibrate, 256 held out."""
 
@@ -249,7 +250,7 @@ def _runner(assets: ModelAssets, images: torch.Tensor, device: str):
 
 def _int8(assets: ModelAssets, images: torch.Tensor, device: str):
     if device != "cpu":
-        raise Unavailable("featx's int8 files are made and gated for ONNX Runtime's CPU provider")
+        raise Unavailable(INT8_CPU_ONLY)
     report = assets.int8_export.int8
     runner = Runner(assets.int8_export.path, device=device)
     note = (

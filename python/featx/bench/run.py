@@ -20,7 +20,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
-from featx.bench.backends import ModelAssets, Prepared, Unavailable, prepared
+from featx.bench.backends import INT8_CPU_ONLY, ModelAssets, Prepared, Unavailable, prepared
 from featx.bench.cases import REFERENCE, Case
 from featx.bench.compare import GateResult, load_result, matching_cases, regression_gate
 from featx.bench.corpus import make_corpus
@@ -224,6 +224,8 @@ class Bench:
                 inputs = half_png_copy(paths, self.work_dir / "half-png")
                 note = "featx extract, every second image a PNG (PIL in the decode workers)"
             elif case.backend == "featx-int8":
+                if case.device != "cpu":
+                    raise Unavailable(INT8_CPU_ONLY)
                 note = "featx extract of the featx-export --int8 file"
             model_file = (
                 assets.int8_export.path if case.backend == "featx-int8" else assets.onnx_path
