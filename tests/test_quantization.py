@@ -103,6 +103,7 @@ def test_too_few_images_for_calibration_and_gate_is_a_clear_error(make_checkpoin
         (["--calibrate", "photos"], "--calibrate and --holdout are for --int8"),
         (["--int8", "--fp16", "--calibrate", "photos"], "exclude each other"),
         (["--int8", "--calibrate", "no-such-folder"], "no-such-folder"),
+        (["--int8", "--calibrate", "photos", "--holdout-size", "20"], "--holdout-size >= 50"),
     ],
 )
 def test_bad_int8_options_exit_2_before_any_work(make_checkpoint, tmp_path, capsys, argv, message):

@@ -35,7 +35,7 @@ from featx.fold import FoldReport, fold_batchnorm
 from featx.models.checkpoint import LoadedModel, load_model
 from featx.options import DEFAULT_OPSET, EXPORTERS, MIN_OPSET
 from featx.parity import ParityGate, ParityReport, compare, parity_inputs
-from featx.quantization import Int8Gate, Int8Report, quantize_int8
+from featx.quantization import Int8Gate, Int8Report, check_sizes, quantize_int8
 from featx.runtime.errors import FeatxError, ParityError
 from featx.runtime.files import write_atomic
 from featx.runtime.inputs import read_inputs
@@ -123,7 +123,9 @@ def export(
         raise FeatxError("--int8 needs --calibrate IMAGES: images like the ones you will extract.")
     if (calibrate is not None or holdout is not None) and not int8:
         raise FeatxError("--calibrate and --holdout are for --int8: add --int8, or drop them.")
-    # Listed before the slow steps, so that a wrong path fails at once.
+    # Checked and listed before the slow steps, so that a wrong value or path fails at once.
+    if int8:
+        check_sizes(calibration_size, holdout_size)
     calibration_images = read_inputs(calibrate) if calibrate is not None else None
     holdout_images = read_inputs(holdout) if holdout is not None else None
 

@@ -44,6 +44,9 @@ NEIGHBOURS = 10
 SPEED_BATCH = 8
 SPEED_REPEATS = 5
 WORST_TENSORS = 5
+DIAGNOSED_IMAGES = 2
+"""Images the per-tensor comparison runs on: it keeps every activation of both models (ViT-B/16:
+~1 GB an image)."""
 CROWDED_COSINE = 0.99
 """Above this mean cosine between different images' fp32 embeddings, the gate's message says the
 neighbour graph it checks is crowded."""
@@ -153,7 +156,6 @@ class Int8Report:
     calibration: dict[str, Any]
     fp32_images_per_second: float
     int8_images_per_second: float
-    seconds: float
     worst_tensors: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -200,6 +202,14 @@ def embedding_fidelity(reference: np.ndarray, candidate: np.ndarray) -> Int8Figu
     )
 
 
+def check_sizes(calibration_size: int, holdout_size: int) -> None:
+    if calibration_size < 1 or holdout_size < MIN_HOLDOUT:
+        raise FeatxError(
+            f"--calibration-size must be >= 1 and --holdout-size >= {MIN_HOLDOUT}, got "
+            f"{calibration_size} and {holdout_size}"
+        )
+
+
 def quantize_int8(
     fp32: onnx.ModelProto,
     preprocess: Preprocess,
@@ -219,14 +229,9 @@ def quantize_int8(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    started = time.perf_counter()
     gate = gate or Int8Gate()
     recipe = recipe or recipe_for(cpu_instruction_set())
-    if calibration_size < 1 or holdout_size < MIN_HOLDOUT:
-        raise FeatxError(
-            f"--calibration-size must be >= 1 and --holdout-size >= {MIN_HOLDOUT}, got "
-            f"{calibration_size} and {holdout_size}"
-        )
+    check_sizes(calibration_size, holdout_size)
     calibration, held_out, calibration_ids = _split(
         images, holdout, preprocess, calibration_size, holdout_size, workers
     )
@@ -273,7 +278,6 @@ def quantize_int8(
             },
             fp32_images_per_second=fp32_speed,
             int8_images_per_second=int8_speed,
-            seconds=time.perf_counter() - started,
         )
         failed = gate.failures(figures)
         if failed:
@@ -408,7 +412,7 @@ def _worst_tensors(
         modify_model_output_intermediate_tensors,
     )
 
-    few = images[:SPEED_BATCH]
+    few = images[:DIAGNOSED_IMAGES]
     activations = {}
     for name, path in (("fp32", fp32_path), ("int8", int8_path)):
         augmented = tmp / f"{name}-augmented.onnx"
