@@ -178,7 +178,7 @@ def test_a_failed_gate_on_a_crowded_embedding_set_says_the_model_hardly_tells_im
     rounded = crowded + np.random.default_rng(2).normal(scale=1e-3, size=crowded.shape)
     figures = embedding_fidelity(crowded, rounded)
     assert figures.reference_pairwise_cosine > 0.99
-    report = Int8Report(recipe_for("x86-vnni"), Int8Gate(), figures, {}, 1.0, 2.0, 0.0)
+    report = Int8Report(recipe_for("x86-vnni"), Int8Gate(), figures, {}, 1.0, 2.0)
     message = _gate_message(report, Int8Gate().failures(figures))
     assert "recall@10" in message
     assert "the model hardly tells these images apart" in message
