@@ -371,3 +371,18 @@ def test_kernel_cases_time_and_pass_parity_on_a_gpu(tmp_path):
         assert row["tflops"] > 0
         if case.backend not in ("eager-channels_last", "sdpa"):
             assert row["parity"]["passed"]
+
+
+def test_an_int8_model_outside_its_gate_is_a_failing_parity_row(tmp_path, monkeypatch):
+    """A gate no model passes (recall@10 > 1): the int8 export fails, and the bench reports the
+    row as failing parity with the gate's figures instead of stopping."""
+    from featx.quantization import Int8Gate
+
+    monkeypatch.setattr(Int8Gate.__init__, "__defaults__", (0.999, 0.99, 1.01))
+    bench = Bench(BenchSettings(models=("small_cnn",), batch_sizes=(2,)), tmp_path)
+    row = bench.measure(Case("model", "small_cnn", "int8", 2, "cpu", "int8"))
+    assert row["status"] == "failing-parity"
+    assert row["reason"].startswith("int8 gate: recall@10")
+    assert row["parity"]["rows"] == 256
+    assert not row["parity"]["passed"]
+    assert row["timing"] is None

@@ -45,7 +45,7 @@ from featx.bench.settings import BenchSettings
 from featx.bench.timing import measure
 from featx.models import get_extractor
 from featx.parity import ParityGate, compare
-from featx.quantization import Int8Gate
+from featx.quantization import Int8Gate, Int8GateError, Int8Report
 from featx.runtime.errors import FeatxError
 from featx.runtime.shards import read_features
 
@@ -108,7 +108,7 @@ class Bench:
         if case.backend == REFERENCE[case.kind] or work.features is None:
             return None
         if case.kind == "model" and case.backend == "int8":
-            return self._int8_gate_figures(case)
+            return _int8_parity(self.assets(case.model).int8_export.int8)
         reference = self.reference_features(case.reference())
         if reference is None:
             return None
@@ -120,17 +120,6 @@ class Bench:
             "gate": asdict(gate),
             "passed": not failures,
             "failures": failures,
-        }
-
-    def _int8_gate_figures(self, case: Case) -> dict:
-        """The int8 model's parity: its export gate's figures on held-out photos."""
-        report = self.assets(case.model).int8_export.int8
-        return {
-            **asdict(report.figures),
-            "max_rel": None,
-            "gate": asdict(report.gate),
-            "passed": True,
-            "failures": [],
         }
 
     def reference_features(self, reference: Case) -> np.ndarray | None:
@@ -148,6 +137,14 @@ class Bench:
             work = self.prepare(case)
         except Unavailable as err:
             return make_row(case, status="unavailable", reason=str(err))
+        except Int8GateError as err:
+            report = err.report
+            return make_row(
+                case,
+                status="failing-parity",
+                reason="int8 gate: " + "; ".join(report.gate.failures(report.figures)),
+                parity=_int8_parity(report),
+            )
         parity = self.parity(case, work)
         if parity is not None and not parity["passed"]:
             return make_row(
@@ -268,6 +265,18 @@ class Bench:
             time.perf_counter() - started,
             note,
         )
+
+
+def _int8_parity(report: Int8Report) -> dict:
+    """An int8 model row's parity: its export gate's figures on held-out photos."""
+    failures = report.gate.failures(report.figures)
+    return {
+        **asdict(report.figures),
+        "max_rel": None,
+        "gate": asdict(report.gate),
+        "passed": not failures,
+        "failures": failures,
+    }
 
 
 @dataclass(frozen=True)
