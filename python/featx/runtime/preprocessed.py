@@ -52,4 +52,5 @@ def preprocessed_batches(
             for row, (status, _) in enumerate(statuses)
             if status == "ok" and order[first + row] not in inputs.unusable
         ]
-        yield [order[first + row] for row in usable], np.array(tensor[usable])
+        # Indexing by a list copies: the rows outlive the pipeline's reuse of its buffer.
+        yield [order[first + row] for row in usable], tensor[usable]
