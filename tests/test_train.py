@@ -15,7 +15,9 @@ from featx.data.digits import label_of, write_digits
 from featx.models import get_extractor
 from featx.models.checkpoint import load_model, save_checkpoint
 from featx.runtime.errors import FeatxError
+from featx.training.autoencoder import AutoencoderObjective, patch_mask
 from featx.training.job import TrainingInterrupted
+from featx.training.simclr import nt_xent
 from featx.training.supervised import apply_strategy, backbone_blocks, build_classifier, load_init
 
 FAST = {"epochs": 2, "batch_size": 16, "augment": "light", "progress": False}
@@ -350,3 +352,160 @@ def test_simsiam_on_torchvision_arch_trains_its_backbone(tmp_path, small_folder)
     initial = get_extractor("resnet18").build_model(None).state_dict()
     assert not torch.equal(trained["layer4.1.conv2.weight"], initial["layer4.1.conv2.weight"])
     assert torch.equal(trained["fc.weight"], initial["fc.weight"])
+
+
+def _loose_copy(data, target):
+    """The images of an ImageFolder tree as one unlabeled folder."""
+    target.mkdir()
+    for path in data.rglob("*.jpg"):
+        shutil.copy(path, target / f"{path.parent.name}-{path.name}")
+    return target
+
+
+def test_nt_xent_matches_its_formula_and_rewards_aligned_views():
+    views = torch.eye(4)[:2]  # two images whose two views coincide, orthogonal to each other
+    temperature = 0.5
+    # each of the 4 views: its positive at cosine 1, the 2 views of the other image at 0
+    expected = -torch.log(torch.exp(torch.tensor(2.0)) / (torch.exp(torch.tensor(2.0)) + 2))
+    assert torch.allclose(nt_xent(views, views.clone(), temperature), expected)
+    assert nt_xent(views, views.flip(0), temperature) > nt_xent(views, views, temperature) + 1
+
+
+@pytest.mark.parametrize("method", ["simclr", "autoencoder"])
+def test_self_supervised_runs_are_judged_by_knn_when_labelled_else_by_val_loss(
+    tmp_path, small_folder, method
+):
+    data = small_folder()
+    arch = {"simclr": "simsiam_cnn", "autoencoder": "conv_autoencoder"}[method]
+    settings = {**FAST, "epochs": 3, "patience": 0, "image_size": 16}
+    labelled = featx.train(data, arch, tmp_path / "l.pt", method=method, **settings)
+    knn = [row["val_knn_accuracy"] for row in labelled.history]
+    assert labelled.monitor == "val_knn_accuracy"
+    assert labelled.classes == []  # labels only judge the epochs
+    assert labelled.best_val_accuracy == max(knn)
+    assert labelled.best_epoch == knn.index(max(knn)) + 1
+    unlabeled = featx.train(
+        _loose_copy(data, tmp_path / "loose"), arch, tmp_path / "u.pt", method=method, **settings
+    )
+    losses = [row["val_loss"] for row in unlabeled.history]
+    assert unlabeled.monitor == "val_loss"
+    assert "val_knn_accuracy" not in unlabeled.history[-1]
+    assert unlabeled.best_value == min(losses)
+    assert unlabeled.best_epoch == losses.index(min(losses)) + 1
+    assert unlabeled.best_val_accuracy is None
+    assert unlabeled.curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    payload = torch.load(unlabeled.checkpoint, weights_only=True)
+    assert payload["featx"]["training"]["monitor"] == "val_loss"
+    assert payload["featx"]["training"]["best_epoch"] == unlabeled.best_epoch
+
+
+def test_simclr_checkpoint_is_the_arch_without_projector_and_exports_its_encoder(
+    tmp_path, small_folder
+):
+    data = small_folder()
+    result = featx.train(
+        data, "small_cnn", tmp_path / "c.pt", method="simclr", **FAST, image_size=32
+    )
+    payload = torch.load(result.checkpoint, weights_only=True)
+    assert payload["arch"] == "small_cnn"
+    assert payload["featx"]["training"]["temperature"] == 0.5
+    assert (
+        payload["state_dict"].keys() == get_extractor("small_cnn").build_model().state_dict().keys()
+    )
+    exported = featx.export(result.checkpoint, tmp_path / "c.onnx")
+    assert exported.metadata.layer == "embed"
+    assert exported.metadata.embedding_dim == 128
+
+
+def test_autoencoder_checkpoint_exports_the_trained_encoder(tmp_path, small_folder):
+    data = small_folder()
+    torch.manual_seed(0)
+    initial = get_extractor("conv_autoencoder").build_model().state_dict()
+    result = featx.train(data, "conv_autoencoder", tmp_path / "ae.pt", method="autoencoder", **FAST)
+    trained = torch.load(result.checkpoint, weights_only=True)["state_dict"]
+    for part in ("encoder.2.weight", "decoder.0.weight"):
+        assert not torch.equal(trained[part], initial[part]), part
+    exported = featx.export(result.checkpoint, tmp_path / "ae.onnx")
+    assert exported.metadata.layer == "encoder"
+    assert exported.metadata.embedding_dim == 256
+
+
+def test_patch_mask_blanks_the_asked_fraction_of_whole_patches():
+    torch.manual_seed(0)
+    mask = patch_mask(torch.zeros(3, 3, 16, 16), 0.25)
+    assert mask.shape == (3, 1, 16, 16)
+    cells = mask[:, 0, ::2, ::2]  # 8 x 8 grid of 2 x 2 patches
+    assert torch.equal(mask, cells.repeat_interleave(2, 1).repeat_interleave(2, 2).unsqueeze(1))
+    assert cells.sum(dim=(1, 2)).tolist() == [16.0, 16.0, 16.0]
+    assert not torch.equal(cells[0], cells[1])  # each image draws its own patches
+
+
+def test_masked_loss_counts_only_the_masked_patches():
+    """An identity "autoencoder" copies its input, so it reconstructs the visible patches
+    exactly and the blanked ones as 0: the loss is the mean squared pixel of the masked ones."""
+    images = torch.randn(2, 3, 8, 8)
+    objective = AutoencoderObjective(torch.nn.Identity(), "mse", noise=0.0, mask_ratio=0.5)
+    torch.manual_seed(1)
+    loss, _ = objective.step(images, torch.zeros(2))
+    torch.manual_seed(1)
+    mask = patch_mask(images, 0.5)
+    expected = (images**2 * mask).sum() / (mask.sum() * 3)
+    assert torch.allclose(loss, expected)
+    plain = AutoencoderObjective(torch.nn.Identity(), "l1", noise=0.0, mask_ratio=0.0)
+    assert plain.step(images, torch.zeros(2))[0] == 0
+    noisy = AutoencoderObjective(torch.nn.Identity(), "mse", noise=0.5, mask_ratio=0.0)
+    assert 0.15 < noisy.step(images, torch.zeros(2))[0] < 0.35  # E[(0.5 z)^2] = 0.25
+
+
+@pytest.mark.parametrize(
+    ("method", "arch", "extra"),
+    [
+        ("simclr", "simsiam_cnn", {}),
+        ("autoencoder", "conv_autoencoder", {"noise": 0.2, "mask_ratio": 0.5}),
+    ],
+)
+def test_new_methods_resume_bit_identically(tmp_path, small_folder, method, arch, extra):
+    data = small_folder(per_class=10)
+    settings = {**FAST, "epochs": 2, "patience": 0, "image_size": 16, "method": method, **extra}
+    whole = featx.train(data, arch, tmp_path / "whole.pt", **settings)
+
+    def stop_after_first_epoch(epoch, result):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        featx.train(data, arch, tmp_path / "part.pt", on_epoch=stop_after_first_epoch, **settings)
+    resumed = featx.train(data, arch, tmp_path / "part.pt", resume=True, **settings)
+    assert resumed.resumed_from_epoch == 1
+    assert resumed.history == whole.history
+    expected = torch.load(whole.checkpoint, weights_only=True)["state_dict"]
+    got = torch.load(resumed.checkpoint, weights_only=True)["state_dict"]
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_new_methods_bad_input_exits_2_and_writes_nothing(tmp_path, small_folder, capsys):
+    data = small_folder(per_class=5)
+    out = tmp_path / "m.pt"
+    base = ["train", "--data", str(data), "-o", str(out), "--epochs", "1", "--quiet"]
+    ae = [*base, "--method", "autoencoder"]
+    _cli_error(capsys, [*ae, "--arch", "small_cnn"], out, "has no encoder or decoder module")
+    _cli_error(
+        capsys, [*ae, "--arch", "conv_autoencoder", "--mask-ratio", "1"], out, "within [0, 1)"
+    )
+    _cli_error(capsys, [*ae, "--arch", "conv_autoencoder", "--noise", "-1"], out, ">= 0")
+    _cli_error(
+        capsys,
+        [*ae, "--arch", "conv_autoencoder", "--image-size", "12"],
+        out,
+        "not a reconstruction",
+    )
+    simclr = [*base, "--method", "simclr", "--arch", "simsiam_cnn"]
+    _cli_error(capsys, [*simclr, "--temperature", "0"], out, "--temperature must be > 0")
+    _cli_error(capsys, [*simclr, "--noise", "0.1"], out, "only used with --method autoencoder")
+    _cli_error(
+        capsys,
+        [*base, "--arch", "small_cnn", "--temperature", "0.5"],
+        out,
+        "--temperature is used by --method distill and simclr, not supervised",
+    )
