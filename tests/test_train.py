@@ -509,3 +509,109 @@ def test_new_methods_bad_input_exits_2_and_writes_nothing(tmp_path, small_folder
         out,
         "--temperature is used by --method distill and simclr, not supervised",
     )
+
+
+def _tasks_csv(data, name="tasks.csv"):
+    """digit and parity columns for an ImageFolder tree of digits, plus an unused column."""
+    rows = [
+        f"{p.relative_to(data).as_posix()},{p.parent.name},"
+        f"{'even' if int(p.parent.name) % 2 == 0 else 'odd'},x"
+        for p in sorted(data.rglob("*.jpg"))
+    ]
+    table = data / name
+    table.write_text("path,digit,parity,note\n" + "\n".join(rows) + "\n")
+    return table
+
+
+def test_multitask_trains_one_backbone_and_records_each_tasks_classes(tmp_path, small_folder):
+    table = _tasks_csv(small_folder(classes=(0, 1, 2, 3)))
+    result = featx.train(
+        table,
+        "small_cnn",
+        tmp_path / "mt.pt",
+        method="multitask",
+        tasks=["parity", "digit"],
+        task_weights=[0.5, 1.0],
+        **FAST,
+    )
+    assert result.tasks == {"parity": ["even", "odd"], "digit": ["0", "1", "2", "3"]}
+    assert result.monitor == "val_accuracy"
+    assert 0 <= result.best_val_accuracy <= 1
+    payload = torch.load(result.checkpoint, weights_only=True)
+    assert payload["featx"]["tasks"] == result.tasks
+    assert payload["featx"]["training"]["task_weights"] == [0.5, 1.0]
+    # the heads are training aids: the checkpoint is small_cnn itself, exported at its embedding
+    assert (
+        payload["state_dict"].keys() == get_extractor("small_cnn").build_model().state_dict().keys()
+    )
+    exported = featx.export(result.checkpoint, tmp_path / "mt.onnx")
+    assert exported.metadata.layer == "embed"
+
+
+def test_multitask_loss_is_the_weighted_sum_of_the_task_losses():
+    from featx.training.multitask import MultitaskObjective
+
+    torch.manual_seed(0)
+    tasks = {"digit": ["0", "1", "2"], "parity": ["even", "odd"]}
+    objective = MultitaskObjective(get_extractor("simsiam_cnn"), 16, tasks, [2.0, 0.5], 0.0)
+    objective.eval()
+    images, labels = torch.randn(4, 3, 16, 16), torch.tensor([[0, 0], [1, 1], [2, 0], [1, 1]])
+    loss, correct = objective.evaluate(images, labels)
+    features = objective.backbone(images)
+    expected = 2.0 * torch.nn.functional.cross_entropy(objective.heads[0](features), labels[:, 0])
+    expected += 0.5 * torch.nn.functional.cross_entropy(objective.heads[1](features), labels[:, 1])
+    assert torch.allclose(loss, expected)
+    hits = sum(
+        int((objective.heads[t](features).argmax(1) == labels[:, t]).sum()) for t in range(2)
+    )
+    assert correct == hits / 2
+
+
+def test_multitask_resumes_bit_identically(tmp_path, small_folder):
+    table = _tasks_csv(small_folder(per_class=10))
+    settings = {**FAST, "patience": 0, "method": "multitask", "tasks": ["digit", "parity"]}
+    whole = featx.train(table, "small_cnn", tmp_path / "whole.pt", **settings)
+
+    def stop_after_first_epoch(epoch, result):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        featx.train(
+            table, "small_cnn", tmp_path / "part.pt", on_epoch=stop_after_first_epoch, **settings
+        )
+    resumed = featx.train(table, "small_cnn", tmp_path / "part.pt", resume=True, **settings)
+    assert resumed.history == whole.history
+    expected = torch.load(whole.checkpoint, weights_only=True)["state_dict"]
+    got = torch.load(resumed.checkpoint, weights_only=True)["state_dict"]
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_multitask_bad_input_exits_2_and_writes_nothing(tmp_path, small_folder, capsys):
+    data = small_folder(per_class=5)
+    table = _tasks_csv(data)
+    out = tmp_path / "m.pt"
+    base = ["train", "--arch", "small_cnn", "-o", str(out), "--epochs", "1", "--quiet"]
+    multitask = [*base, "--method", "multitask", "--data", str(table)]
+    _cli_error(capsys, multitask, out, "needs --tasks COLUMN1,COLUMN2")
+    _cli_error(capsys, [*multitask, "--tasks", "digit,colour"], out, "has no column(s) colour")
+    _cli_error(capsys, [*multitask, "--tasks", "digit,note"], out, "note of")
+    _cli_error(
+        capsys,
+        [*multitask, "--tasks", "digit,parity", "--task-weights", "1"],
+        out,
+        "gives 1 weight(s) for 2 task(s)",
+    )
+    _cli_error(
+        capsys,
+        [*base, "--method", "multitask", "--data", str(data), "--tasks", "digit"],
+        out,
+        "is not a .csv file",
+    )
+    _cli_error(
+        capsys,
+        [*base, "--data", str(data), "--tasks", "digit"],
+        out,
+        "only used with --method multitask",
+    )

@@ -244,3 +244,28 @@ def test_autoencoder_beats_random_init_on_exported_knn(tmp_path, digits, variant
     knn, probe = _pipeline_scores(result.checkpoint, digits, tmp_path)
     print(f"5-NN: random {random_knn:.3f}, autoencoder {variant} {knn:.3f} (probe {probe:.3f})")
     assert knn >= random_knn + margin
+
+
+def test_multitask_backbone_beats_random_init_on_exported_knn(tmp_path, digits):
+    """Two heads (digit, parity) on simsiam_cnn's encoder at 16 px, the SimCLR test's arch."""
+    rows = [
+        f"{p.relative_to(digits).as_posix()},{label_of(p)},{label_of(p) % 2}"
+        for p in sorted(digits.rglob("*.jpg"))
+    ]
+    table = digits / "tasks.csv"
+    table.write_text("path,digit,parity\n" + "\n".join(rows) + "\n")
+    random_knn, _ = _random_init_scores("simsiam_cnn", 16, digits, tmp_path)
+    result = featx.train(
+        table,
+        "simsiam_cnn",
+        tmp_path / "mt.pt",
+        method="multitask",
+        tasks=["digit", "parity"],
+        epochs=4,
+        image_size=16,
+        augment="light",
+        progress=False,
+    )
+    knn, probe = _pipeline_scores(result.checkpoint, digits, tmp_path)
+    print(f"5-NN: random {random_knn:.3f}, multitask {knn:.3f} (probe {probe:.3f})")
+    assert knn >= random_knn + 0.05

@@ -408,12 +408,34 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="autoencoder: fraction of 8x8-grid patches blanked, loss on them (0: off)",
     )
+    parser.add_argument(
+        "--tasks",
+        type=_names,
+        default=[],
+        help="multitask: label columns of the --data CSV, comma-separated",
+    )
+    parser.add_argument(
+        "--task-weights",
+        type=_floats,
+        help="multitask: loss weight per task, comma-separated (default 1 each)",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 on CUDA")
     parser.add_argument("--workers", type=int, help="data loader processes")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT.state")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(value) for value in _names(text)]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ MIN_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
 """featx.export: the torch.onnx paths."""
 
-METHODS = ("supervised", "simsiam", "distill", "simclr", "autoencoder")
+METHODS = ("supervised", "simsiam", "distill", "simclr", "autoencoder", "multitask")
 STRATEGIES = ("linear", "partial", "full")
 AUGMENTATIONS = ("standard", "light", "none")
 OPTIMIZERS = ("adamw", "sgd")

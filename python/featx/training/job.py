@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,12 @@ from featx.runtime.inputs import IMAGE_SUFFIXES
 from featx.runtime.metadata import Preprocess
 from featx.training.augment import eval_transform, train_transform, two_views
 from featx.training.autoencoder import AutoencoderObjective, build_autoencoder
-from featx.training.data import ImageDataset, TrainingData, load_training_data
+from featx.training.data import (
+    ImageDataset,
+    TrainingData,
+    load_multitask_data,
+    load_training_data,
+)
 from featx.training.distill import DistillObjective, load_teacher
 from featx.training.knn import KnnMonitor
 from featx.training.loop import (
@@ -40,6 +45,7 @@ from featx.training.loop import (
     Monitor,
     run_loop,
 )
+from featx.training.multitask import MultitaskObjective, checked_weights
 from featx.training.report import print_summary, write_curves
 from featx.training.simclr import DEFAULT_TEMPERATURE as SIMCLR_TEMPERATURE
 from featx.training.simclr import SimCLRObjective
@@ -87,6 +93,8 @@ class TrainResult:
     resumed_from_epoch: int = 0
     seconds: float = 0.0
     device: str = "cpu"
+    tasks: dict[str, list[str]] = field(default_factory=dict)
+    """Multitask: each task's class names."""
 
     @property
     def best_val_accuracy(self) -> float | None:
@@ -101,6 +109,7 @@ class TrainResult:
             "checkpoint": str(self.checkpoint),
             "curves": str(self.curves),
             "num_classes": len(self.classes),
+            "tasks": self.tasks,
             "train_images": self.train_images,
             "val_images": self.val_images,
             "skipped_images": len(self.skipped),
@@ -148,6 +157,8 @@ def train(
     reconstruction: str = "mse",
     noise: float = 0.0,
     mask_ratio: float = 0.0,
+    tasks: Sequence[str] = (),
+    task_weights: Sequence[float] | None = None,
     device: str = "auto",
     amp: bool = True,
     workers: int | None = None,
@@ -161,7 +172,8 @@ def train(
     ``method``: ``supervised`` (transfer learning with ``strategy`` linear|partial|full),
     ``simsiam`` (self-supervised, unlabeled), ``distill`` (from ``teacher``, labeled or not),
     ``simclr`` (contrastive, ``temperature``) or ``autoencoder`` (encoder-decoder archs:
-    ``reconstruction`` mse|l1, ``noise`` for denoising, ``mask_ratio`` for masked patches).
+    ``reconstruction`` mse|l1, ``noise`` for denoising, ``mask_ratio`` for masked patches) or
+    ``multitask`` (a CSV with a header: one head per column of ``tasks``, ``task_weights``).
     ``temperature`` defaults to the method's own (distill 4, simclr 0.5).
     """
     started = time.perf_counter()
@@ -180,6 +192,11 @@ def train(
         raise FeatxError(
             "--noise, --mask-ratio and --reconstruction are only used with --method autoencoder"
         )
+    tasks = list(tasks)
+    if method == "multitask":
+        task_weights = checked_weights(tasks, task_weights)
+    elif tasks or task_weights is not None:
+        raise FeatxError("--tasks and --task-weights are only used with --method multitask")
     if batch_size < 2:
         raise FeatxError(f"--batch-size must be >= 2 (BatchNorm needs it), got {batch_size}")
     lr = DEFAULT_LR.get(optimizer, 1e-3) if lr is None else lr
@@ -210,7 +227,11 @@ def train(
     labeled = method == "supervised" or (
         method in ("distill", *SELF_SUPERVISED_WITH_KNN) and _looks_labeled(Path(data))
     )
-    dataset = load_training_data(data, labeled=labeled)
+    dataset = (
+        load_multitask_data(data, tasks)
+        if method == "multitask"
+        else load_training_data(data, labeled=labeled)
+    )
     train_samples, val_samples = dataset.split(val_fraction, seed)
     if len(train_samples) < 2:
         raise FeatxError(f"{data}: {len(train_samples)} training image(s) is too few to train")
@@ -233,6 +254,7 @@ def train(
         reconstruction=reconstruction,
         noise=noise,
         mask_ratio=mask_ratio,
+        task_weights=task_weights,
     )
     model, objective, classes = setup.model, setup.objective, setup.classes
 
@@ -263,6 +285,8 @@ def train(
         "reconstruction": reconstruction,
         "noise": noise,
         "mask_ratio": mask_ratio,
+        "tasks": tasks,
+        "task_weights": task_weights,
         "amp": amp,
     }
     shuffle = torch.Generator().manual_seed(seed)
@@ -310,6 +334,7 @@ def train(
             arch,
             preprocess=preprocess,
             classes=classes,
+            **({"tasks": dataset.tasks} if dataset.tasks else {}),
             training={
                 **config,
                 "monitor": None if setup.monitor is None else setup.monitor.key,
@@ -369,6 +394,7 @@ def train(
         resumed_from_epoch=result.resumed_from_epoch,
         seconds=time.perf_counter() - started,
         device=loop_config.device,
+        tasks=dataset.tasks,
     )
 
 
@@ -406,6 +432,7 @@ def _set_up_method(
     reconstruction: str,
     noise: float,
     mask_ratio: float,
+    task_weights: Sequence[float] | None,
 ) -> MethodSetup:
     arch, size = extractor.name, preprocess.crop_size
     evaluation = eval_transform(preprocess)
@@ -433,6 +460,15 @@ def _set_up_method(
         )
         transforms = (train_transform(preprocess, augment), evaluation)
         return MethodSetup(model, objective, transforms, _count(model), monitor, knn_encoder)
+    if method == "multitask":
+        assert task_weights is not None
+        objective = MultitaskObjective(
+            extractor, size, dataset.tasks, task_weights, label_smoothing
+        )
+        if init is not None:
+            load_init(objective.model, arch, init, _final_linear_name(objective.model))
+        transforms = (train_transform(preprocess, augment), evaluation)
+        return MethodSetup(objective.model, objective, transforms, _count(objective), VAL_ACCURACY)
 
     classes = dataset.classes
     teacher_model = None

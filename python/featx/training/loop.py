@@ -328,7 +328,8 @@ class _EpochFigures:
     def __init__(self) -> None:
         self.loss_sum, self.correct, self.seen, self.has_accuracy = 0.0, 0, 0, True
 
-    def add(self, loss: torch.Tensor, correct: int | None, batch: int) -> None:
+    def add(self, loss: torch.Tensor, correct: float | None, batch: int) -> None:
+        """``correct``: the batch's correct predictions (multitask: averaged over the tasks)."""
         self.seen += batch
         self.loss_sum += float(loss.detach()) * batch
         if correct is None:

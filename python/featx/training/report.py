@@ -53,7 +53,11 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     rows = [
         ("data", f"{summary['train_images']} train / {summary['val_images']} val images"),
         ("skipped images", f"{summary['skipped_images']} (could not be decoded)"),
-        ("classes", str(summary["num_classes"] or "unlabeled")),
+        (
+            ("tasks", ", ".join(f"{t} ({len(c)} classes)" for t, c in summary["tasks"].items()))
+            if summary["tasks"]
+            else ("classes", str(summary["num_classes"] or "unlabeled"))
+        ),
         ("trainable", f"{summary['trainable_parameters']:,} of {summary['parameters']:,}"),
         ("epochs run", f"{summary['epochs_run']} (early stop: {summary['stopped_early']})"),
         ("best epoch", str(summary["best_epoch"])),
