@@ -14,7 +14,9 @@ from featx.cli import main
 from featx.data.digits import label_of, write_digits
 from featx.models import get_extractor
 from featx.models.checkpoint import load_model, save_checkpoint
+from featx.models.seeds import SEED_PREPROCESS
 from featx.runtime.errors import FeatxError
+from featx.training import gan
 from featx.training.autoencoder import AutoencoderObjective, patch_mask
 from featx.training.job import TrainingInterrupted
 from featx.training.simclr import nt_xent
@@ -462,6 +464,7 @@ def test_masked_loss_counts_only_the_masked_patches():
     [
         ("simclr", "simsiam_cnn", {}),
         ("autoencoder", "conv_autoencoder", {"noise": 0.2, "mask_ratio": 0.5}),
+        ("gan", "simsiam_cnn", {}),
     ],
 )
 def test_new_methods_resume_bit_identically(tmp_path, small_folder, method, arch, extra):
@@ -614,4 +617,60 @@ def test_multitask_bad_input_exits_2_and_writes_nothing(tmp_path, small_folder, 
         [*base, "--data", str(data), "--tasks", "digit"],
         out,
         "only used with --method multitask",
+    )
+
+
+def test_gan_checkpoint_is_the_discriminator_and_exports_its_penultimate_features(
+    tmp_path, small_folder
+):
+    data = small_folder()
+    result = featx.train(
+        data, "dcgan_discriminator", tmp_path / "d.pt", method="gan", **{**FAST, "epochs": 1}
+    )
+    row = result.history[-1]
+    assert row["train_loss"] == pytest.approx(
+        row["train_discriminator_loss"] + row["train_generator_loss"], rel=1e-5
+    )
+    assert result.monitor == "val_knn_accuracy"
+    payload = torch.load(result.checkpoint, weights_only=True)
+    assert payload["featx"]["training"]["lr"] == gan.GAN_LR
+    assert payload["featx"]["training"]["weight_decay"] == 0.0
+    expected = get_extractor("dcgan_discriminator").build_model().state_dict().keys()
+    assert payload["state_dict"].keys() == expected  # no generator in the extractor
+    exported = featx.export(result.checkpoint, tmp_path / "d.onnx")
+    assert exported.metadata.layer == "features"
+    assert exported.metadata.embedding_dim == 128
+    unlabeled = featx.train(
+        _loose_copy(data, tmp_path / "loose"),
+        "dcgan_discriminator",
+        tmp_path / "u.pt",
+        method="gan",
+        **{**FAST, "epochs": 1},
+    )
+    assert unlabeled.monitor is None  # an adversarial loss does not judge features
+
+
+def test_a_diverged_gan_says_so_and_saves_nothing_of_that_epoch(
+    tmp_path, small_folder, capsys, monkeypatch
+):
+    """Every epoch counts as a collapse when the threshold is above any discriminator loss."""
+    healthy = {"epoch": 3, "train_discriminator_loss": 1.2, "train_generator_loss": 0.8}
+    collapsed = {**healthy, "train_discriminator_loss": 0.01, "train_generator_loss": 6.0}
+    objective = gan.GANObjective(get_extractor("dcgan_discriminator"), SEED_PREPROCESS)
+    assert objective.divergence(healthy) is None
+    assert "diverged at epoch 3" in objective.divergence(collapsed)
+    monkeypatch.setattr(gan, "DIVERGED_DISCRIMINATOR_LOSS", 100.0)
+    out = tmp_path / "d.pt"
+    argv = ["train", "--data", str(small_folder()), "--arch", "dcgan_discriminator"]
+    _cli_error(capsys, [*argv, "-o", str(out), "--method", "gan", "--quiet"], out, "diverged")
+
+
+def test_gan_generator_needs_a_power_of_two_size(tmp_path, small_folder, capsys):
+    out = tmp_path / "g.pt"
+    argv = ["train", "--data", str(small_folder(per_class=5)), "--arch", "simsiam_cnn"]
+    _cli_error(
+        capsys,
+        [*argv, "-o", str(out), "--method", "gan", "--image-size", "12", "--quiet"],
+        out,
+        "4 * 2^k pixels",
     )

@@ -7,7 +7,7 @@ MIN_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
 """featx.export: the torch.onnx paths."""
 
-METHODS = ("supervised", "simsiam", "distill", "simclr", "autoencoder", "multitask")
+METHODS = ("supervised", "simsiam", "distill", "simclr", "autoencoder", "multitask", "gan")
 STRATEGIES = ("linear", "partial", "full")
 AUGMENTATIONS = ("standard", "light", "none")
 OPTIMIZERS = ("adamw", "sgd")

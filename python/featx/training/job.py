@@ -35,6 +35,7 @@ from featx.training.data import (
     load_training_data,
 )
 from featx.training.distill import DistillObjective, load_teacher
+from featx.training.gan import GAN_BETAS, GAN_LR, GANObjective
 from featx.training.knn import KnnMonitor
 from featx.training.loop import (
     VAL_ACCURACY,
@@ -59,9 +60,10 @@ from featx.training.supervised import (
 
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
 DEFAULT_TEMPERATURE = {"distill": 4.0, "simclr": SIMCLR_TEMPERATURE}
-SELF_SUPERVISED_WITH_KNN = ("simclr", "autoencoder")
+SELF_SUPERVISED_WITH_KNN = ("simclr", "autoencoder", "gan")
 """Methods that learn without labels but use them, when the data has them, for the k-NN
-monitor; on unlabeled data their held-out loss judges the epochs."""
+monitor; on unlabeled data their held-out loss judges the epochs (gan: nothing does, an
+adversarial loss says nothing of the features)."""
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "sgd": 5e-4}
 CUDA_LOADER_WORKERS = 4
 
@@ -199,10 +201,11 @@ def train(
         raise FeatxError("--tasks and --task-weights are only used with --method multitask")
     if batch_size < 2:
         raise FeatxError(f"--batch-size must be >= 2 (BatchNorm needs it), got {batch_size}")
-    lr = DEFAULT_LR.get(optimizer, 1e-3) if lr is None else lr
-    weight_decay = (
-        DEFAULT_WEIGHT_DECAY.get(optimizer, 0.0) if weight_decay is None else weight_decay
-    )
+    gan = method == "gan" and optimizer == "adamw"
+    if lr is None:
+        lr = GAN_LR if gan else DEFAULT_LR.get(optimizer, 1e-3)
+    if weight_decay is None:
+        weight_decay = 0.0 if gan else DEFAULT_WEIGHT_DECAY.get(optimizer, 0.0)
     loop_config = LoopConfig(
         epochs=epochs,
         lr=lr,
@@ -213,6 +216,7 @@ def train(
         patience=patience,
         device=_resolve_device(device),
         amp=amp,
+        betas=GAN_BETAS if gan else LoopConfig.betas,
     )
     extractor = get_extractor(arch)
     preprocess = (
@@ -460,6 +464,20 @@ def _set_up_method(
         )
         transforms = (train_transform(preprocess, augment), evaluation)
         return MethodSetup(model, objective, transforms, _count(model), monitor, knn_encoder)
+    if method == "gan":
+        objective = GANObjective(extractor, preprocess)
+        if init is not None:
+            load_init(objective.model, arch, init, _final_linear_name(objective.model))
+        knn_encoder, monitor = _knn_or_loss(dataset, objective.discriminator.encoder)
+        transforms = (train_transform(preprocess, augment), evaluation)
+        return MethodSetup(
+            objective.model,
+            objective,
+            transforms,
+            _count(objective),
+            None if monitor is VAL_LOSS else monitor,
+            knn_encoder,
+        )
     if method == "multitask":
         assert task_weights is not None
         objective = MultitaskObjective(

@@ -4,6 +4,9 @@ An objective is an nn.Module with ``model`` (what gets saved), ``train_mode()``,
 ``step(inputs, labels) -> (loss, correct or None)`` and ``evaluate(...)`` (same, no grad).
 Early stopping and the saved best weights follow one validation figure of the history (a
 ``Monitor``): val accuracy, a k-NN accuracy of the embeddings (``KnnMonitor``), or val loss.
+An objective may also define ``epoch_figures() -> dict`` (more figures of the epoch just trained,
+added to its history row) and ``divergence(row) -> str | None``: a message stops the run with a
+FeatxError before that epoch is saved (GAN collapse).
 
 Exact resume: after every epoch the full training state (objective weights, optimizer,
 scheduler, grad scaler, torch RNG states and the shuffling generator, epoch, early-stopping
@@ -46,6 +49,8 @@ class LoopConfig:
     patience: int
     device: str
     amp: bool
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's; GAN training uses DCGAN's (0.5, 0.999)."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -119,7 +124,7 @@ def build_optimizer(parameters: list[nn.Parameter], config: LoopConfig) -> torch
     ]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -217,7 +222,12 @@ def run_loop(
             bar.remove_task(task)
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
             row.update(train_figures)
+            row.update(getattr(objective, "epoch_figures", dict)())
             row.update(val_figures)
+            diverged = getattr(objective, "divergence", None)
+            message = None if diverged is None else diverged(row)
+            if message is not None:
+                raise FeatxError(message)
             result.history.append(row)
             score = None if monitor is None else monitor.score(row)
             if stopper.update(score, epoch):
