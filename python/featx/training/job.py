@@ -412,6 +412,8 @@ class MethodSetup:
     transforms: tuple[Callable[..., Any], Callable[..., Any]]
     """(train, val) transforms of a PIL image."""
     trainable_parameters: int
+    """Of the saved model's parameters (heads, projectors and generators that are not saved are
+    not counted)."""
     monitor: Monitor | None
     knn_encoder: torch.nn.Module | None = None
     """The embedding the k-NN monitor scores (labelled data, self-supervised methods)."""
@@ -474,7 +476,7 @@ def _set_up_method(
             objective.model,
             objective,
             transforms,
-            _count(objective),
+            _count(objective.model),
             None if monitor is VAL_LOSS else monitor,
             knn_encoder,
         )
@@ -486,7 +488,9 @@ def _set_up_method(
         if init is not None:
             load_init(objective.model, arch, init, _final_linear_name(objective.model))
         transforms = (train_transform(preprocess, augment), evaluation)
-        return MethodSetup(objective.model, objective, transforms, _count(objective), VAL_ACCURACY)
+        return MethodSetup(
+            objective.model, objective, transforms, _count(objective.model), VAL_ACCURACY
+        )
 
     classes = dataset.classes
     teacher_model = None
