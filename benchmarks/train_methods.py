@@ -31,7 +31,13 @@ from featx.runtime.metadata import Preprocess
 CASES: list[dict[str, Any]] = [
     {"method": "simclr", "arch": "simsiam_cnn", "image_size": 16, "epochs": 6, "lr": 3e-3},
     {"method": "simsiam", "arch": "simsiam_cnn", "image_size": 16, "epochs": 6, "lr": 3e-3},
-    {"method": "multitask", "arch": "simsiam_cnn", "image_size": 16, "epochs": 4},
+    {
+        "method": "multitask",
+        "arch": "simsiam_cnn",
+        "image_size": 16,
+        "epochs": 4,
+        "tasks": ["digit", "parity"],
+    },
     {
         "method": "autoencoder",
         "arch": "conv_autoencoder",
@@ -88,7 +94,9 @@ def random_init_scores(arch: str, size: int, digits: Path, work: Path) -> tuple[
     return exported_scores(checkpoint, digits, work)
 
 
-def timed_train(data: Path, output: Path, case: dict[str, Any]) -> tuple[float, int]:
+def timed_train(digits: Path, table: Path, output: Path, case: dict[str, Any]) -> tuple[float, int]:
+    """Multitask reads the labels CSV, every other method the image folder."""
+    data = table if case["method"] == "multitask" else digits
     settings = {k: v for k, v in case.items() if k != "arch"}
     started = time.perf_counter()
     result = featx.train(data, case["arch"], output, augment="light", progress=False, **settings)
@@ -108,9 +116,9 @@ def main() -> None:
         write_digits(digits)
         table = work / "digit-labels.csv"
         table.write_text(
-            "path,digit\n"
+            "path,digit,parity\n"
             + "".join(
-                f"digits/{p.relative_to(digits).as_posix()},{label_of(p)}\n"
+                f"digits/{p.relative_to(digits).as_posix()},{label_of(p)},{label_of(p) % 2}\n"
                 for p in sorted(digits.rglob("*.jpg"))
             )
         )
@@ -120,7 +128,7 @@ def main() -> None:
                 continue
             arch, size = case["arch"], case["image_size"]
             with console.status(f"{case['method']} {arch}"):
-                seconds, epochs = timed_train(digits, work / f"case{index}.pt", case)
+                seconds, epochs = timed_train(digits, table, work / f"case{index}.pt", case)
                 knn, probe = exported_scores(work / f"case{index}.pt", digits, work)
                 key = (arch, size, case["epochs"])
                 if key not in baselines:

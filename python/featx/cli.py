@@ -350,8 +350,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         required=True,
-        help="class-per-folder dir, CSV path,label, or (simsiam, simclr, autoencoder, "
-        "distill) a folder of unlabeled images",
+        help="class-per-folder dir, CSV path,label, (multitask) CSV with a header "
+        "path,TASK1,TASK2,..., or (simsiam, simclr, autoencoder, gan, distill) a folder of "
+        "unlabeled images",
     )
     parser.add_argument("--arch", required=True, help="architecture (`featx models`)")
     parser.add_argument("-o", "--output", required=True, help="output featx checkpoint (.pt)")

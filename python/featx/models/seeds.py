@@ -160,7 +160,8 @@ class ConvAutoencoder(nn.Module):
 class DCGANDiscriminator(nn.Module):
     """DCGAN's discriminator (Radford et al., 2016) for 32x32 images: 4x4 stride-2 convolutions,
     LeakyReLU(0.2), BatchNorm after all but the first, no pooling; ``features`` (the last block,
-    4x4 cells) is the penultimate layer, ``classifier`` the real/fake (or class) logits."""
+    4x4 cells) is the penultimate layer. ``classifier`` gives class logits when the arch is
+    trained as a classifier; `featx train --method gan` adds its own real/fake logit instead."""
 
     def __init__(self, num_outputs: int = 1, width: int = 32):
         super().__init__()

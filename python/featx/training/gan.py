@@ -2,7 +2,7 @@
 extractor.
 
 A generator G maps noise z ~ N(0, I) to images; the discriminator D is the arch's feature layer f
-plus a linear real/fake logit. With s the logistic sigmoid and BCE the binary cross-entropy,
+plus a linear real/fake logit. With BCE the binary cross-entropy on D's logits,
 
     discriminator loss = BCE(D(x), 1) + BCE(D(G(z)), 0)      (G's images detached)
     generator loss     = BCE(D(G(z)), 1)                      (the non-saturating form)
@@ -17,8 +17,9 @@ discriminator loss falls below DIVERGED_DISCRIMINATOR_LOSS is a collapse (the di
 rejects every generated image with confidence, the generator has lost) and stops the run with an
 error before that epoch is saved.
 
-The saved model is the arch's own (for ``dcgan_discriminator``, the DCGAN discriminator);
-featx-export cuts it at its feature layer, the penultimate block. G is not saved.
+The saved model is the arch's own with its feature layers trained as D's (for
+``dcgan_discriminator``, the DCGAN discriminator's convolutions); featx-export cuts it at that
+layer, the penultimate block. G and the real/fake logit are not saved.
 """
 
 from __future__ import annotations

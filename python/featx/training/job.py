@@ -173,9 +173,10 @@ def train(
 
     ``method``: ``supervised`` (transfer learning with ``strategy`` linear|partial|full),
     ``simsiam`` (self-supervised, unlabeled), ``distill`` (from ``teacher``, labeled or not),
-    ``simclr`` (contrastive, ``temperature``) or ``autoencoder`` (encoder-decoder archs:
-    ``reconstruction`` mse|l1, ``noise`` for denoising, ``mask_ratio`` for masked patches) or
-    ``multitask`` (a CSV with a header: one head per column of ``tasks``, ``task_weights``).
+    ``simclr`` (contrastive, ``temperature``), ``autoencoder`` (encoder-decoder archs:
+    ``reconstruction`` mse|l1, ``noise`` for denoising, ``mask_ratio`` for masked patches),
+    ``multitask`` (a CSV with a header: one head per column of ``tasks``, ``task_weights``) or
+    ``gan`` (DCGAN; the discriminator's features are the extractor).
     ``temperature`` defaults to the method's own (distill 4, simclr 0.5).
     """
     started = time.perf_counter()
