@@ -68,8 +68,9 @@ CASES: list[dict[str, Any]] = [
         "method": "gan",
         "arch": "dcgan_discriminator",
         "image_size": 32,
-        "epochs": 6,
-        "batch_size": 16,
+        "epochs": 20,
+        "batch_size": 32,
+        "patience": 0,
     },
 ]
 
