@@ -22,7 +22,8 @@ import torch
 from rich.console import Console
 
 import featx
-from featx.bench.report import show_and_write_rows
+from featx.bench.environment import environment
+from featx.bench.report import show_and_write_rows, write_json
 from featx.data.digits import label_of, write_digits
 from featx.models import get_extractor
 from featx.models.checkpoint import save_checkpoint
@@ -167,6 +168,9 @@ def main() -> None:
                 }
             )
             console.print(rows[-1])
+            if args.output is not None:
+                # after every case: a run stopped part-way keeps the rows it measured
+                write_json({"environment": environment(), "rows": rows}, args.output)
     show_and_write_rows(
         console, "featx train methods on digits (exported embeddings)", rows, args.output
     )
