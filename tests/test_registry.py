@@ -20,6 +20,7 @@ REQUIRED = {
     "transformer_encoder",
     "conv_autoencoder",
     "simsiam_cnn",
+    "dcgan_discriminator",
 }
 
 

@@ -14,8 +14,12 @@ from featx.cli import main
 from featx.data.digits import label_of, write_digits
 from featx.models import get_extractor
 from featx.models.checkpoint import load_model, save_checkpoint
+from featx.models.seeds import SEED_PREPROCESS
 from featx.runtime.errors import FeatxError
+from featx.training import gan
+from featx.training.autoencoder import AutoencoderObjective, patch_mask
 from featx.training.job import TrainingInterrupted
+from featx.training.simclr import nt_xent
 from featx.training.supervised import apply_strategy, backbone_blocks, build_classifier, load_init
 
 FAST = {"epochs": 2, "batch_size": 16, "augment": "light", "progress": False}
@@ -350,3 +354,323 @@ def test_simsiam_on_torchvision_arch_trains_its_backbone(tmp_path, small_folder)
     initial = get_extractor("resnet18").build_model(None).state_dict()
     assert not torch.equal(trained["layer4.1.conv2.weight"], initial["layer4.1.conv2.weight"])
     assert torch.equal(trained["fc.weight"], initial["fc.weight"])
+
+
+def _loose_copy(data, target):
+    """The images of an ImageFolder tree as one unlabeled folder."""
+    target.mkdir()
+    for path in data.rglob("*.jpg"):
+        shutil.copy(path, target / f"{path.parent.name}-{path.name}")
+    return target
+
+
+def test_nt_xent_matches_its_formula_and_rewards_aligned_views():
+    views = torch.eye(4)[:2]  # two images whose two views coincide, orthogonal to each other
+    temperature = 0.5
+    # each of the 4 views: its positive at cosine 1, the 2 views of the other image at 0
+    expected = -torch.log(torch.exp(torch.tensor(2.0)) / (torch.exp(torch.tensor(2.0)) + 2))
+    assert torch.allclose(nt_xent(views, views.clone(), temperature), expected)
+    assert nt_xent(views, views.flip(0), temperature) > nt_xent(views, views, temperature) + 1
+
+
+@pytest.mark.parametrize("method", ["simclr", "autoencoder"])
+def test_self_supervised_runs_are_judged_by_knn_when_labelled_else_by_val_loss(
+    tmp_path, small_folder, method
+):
+    data = small_folder()
+    arch = {"simclr": "simsiam_cnn", "autoencoder": "conv_autoencoder"}[method]
+    settings = {**FAST, "epochs": 3, "patience": 0, "image_size": 16}
+    labelled = featx.train(data, arch, tmp_path / "l.pt", method=method, **settings)
+    knn = [row["val_knn_accuracy"] for row in labelled.history]
+    assert labelled.monitor == "val_knn_accuracy"
+    assert labelled.classes == []  # labels only judge the epochs
+    assert labelled.best_val_accuracy == max(knn)
+    assert labelled.best_epoch == knn.index(max(knn)) + 1
+    unlabeled = featx.train(
+        _loose_copy(data, tmp_path / "loose"), arch, tmp_path / "u.pt", method=method, **settings
+    )
+    losses = [row["val_loss"] for row in unlabeled.history]
+    assert unlabeled.monitor == "val_loss"
+    assert "val_knn_accuracy" not in unlabeled.history[-1]
+    assert unlabeled.best_value == min(losses)
+    assert unlabeled.best_epoch == losses.index(min(losses)) + 1
+    assert unlabeled.best_val_accuracy is None
+    assert unlabeled.curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    payload = torch.load(unlabeled.checkpoint, weights_only=True)
+    assert payload["featx"]["training"]["monitor"] == "val_loss"
+    assert payload["featx"]["training"]["best_epoch"] == unlabeled.best_epoch
+
+
+def test_simclr_checkpoint_is_the_arch_without_projector_and_exports_its_encoder(
+    tmp_path, small_folder
+):
+    data = small_folder()
+    result = featx.train(
+        data, "small_cnn", tmp_path / "c.pt", method="simclr", **FAST, image_size=32
+    )
+    payload = torch.load(result.checkpoint, weights_only=True)
+    assert payload["arch"] == "small_cnn"
+    assert payload["featx"]["training"]["temperature"] == 0.5
+    assert (
+        payload["state_dict"].keys() == get_extractor("small_cnn").build_model().state_dict().keys()
+    )
+    exported = featx.export(result.checkpoint, tmp_path / "c.onnx")
+    assert exported.metadata.layer == "embed"
+    assert exported.metadata.embedding_dim == 128
+
+
+def test_autoencoder_checkpoint_exports_the_trained_encoder(tmp_path, small_folder):
+    data = small_folder()
+    torch.manual_seed(0)
+    initial = get_extractor("conv_autoencoder").build_model().state_dict()
+    result = featx.train(data, "conv_autoencoder", tmp_path / "ae.pt", method="autoencoder", **FAST)
+    trained = torch.load(result.checkpoint, weights_only=True)["state_dict"]
+    for part in ("encoder.2.weight", "decoder.0.weight"):
+        assert not torch.equal(trained[part], initial[part]), part
+    exported = featx.export(result.checkpoint, tmp_path / "ae.onnx")
+    assert exported.metadata.layer == "encoder"
+    assert exported.metadata.embedding_dim == 256
+
+
+def test_patch_mask_blanks_the_asked_fraction_of_whole_patches():
+    torch.manual_seed(0)
+    mask = patch_mask(torch.zeros(3, 3, 16, 16), 0.25)
+    assert mask.shape == (3, 1, 16, 16)
+    cells = mask[:, 0, ::2, ::2]  # 8 x 8 grid of 2 x 2 patches
+    assert torch.equal(mask, cells.repeat_interleave(2, 1).repeat_interleave(2, 2).unsqueeze(1))
+    assert cells.sum(dim=(1, 2)).tolist() == [16.0, 16.0, 16.0]
+    assert not torch.equal(cells[0], cells[1])  # each image draws its own patches
+
+
+def test_masked_loss_counts_only_the_masked_patches():
+    """An identity "autoencoder" copies its input, so it reconstructs the visible patches
+    exactly and the blanked ones as 0: the loss is the mean squared pixel of the masked ones."""
+    images = torch.randn(2, 3, 8, 8)
+    objective = AutoencoderObjective(torch.nn.Identity(), "mse", noise=0.0, mask_ratio=0.5)
+    torch.manual_seed(1)
+    loss, _ = objective.step(images, torch.zeros(2))
+    torch.manual_seed(1)
+    mask = patch_mask(images, 0.5)
+    expected = (images**2 * mask).sum() / (mask.sum() * 3)
+    assert torch.allclose(loss, expected)
+    plain = AutoencoderObjective(torch.nn.Identity(), "l1", noise=0.0, mask_ratio=0.0)
+    assert plain.step(images, torch.zeros(2))[0] == 0
+    noisy = AutoencoderObjective(torch.nn.Identity(), "mse", noise=0.5, mask_ratio=0.0)
+    assert 0.15 < noisy.step(images, torch.zeros(2))[0] < 0.35  # E[(0.5 z)^2] = 0.25
+
+
+@pytest.mark.parametrize(
+    ("method", "arch", "extra"),
+    [
+        ("simclr", "simsiam_cnn", {}),
+        ("autoencoder", "conv_autoencoder", {"noise": 0.2, "mask_ratio": 0.5}),
+        ("gan", "simsiam_cnn", {}),
+    ],
+)
+def test_new_methods_resume_bit_identically(tmp_path, small_folder, method, arch, extra):
+    data = small_folder(per_class=10)
+    settings = {**FAST, "epochs": 2, "patience": 0, "image_size": 16, "method": method, **extra}
+    whole = featx.train(data, arch, tmp_path / "whole.pt", **settings)
+
+    def stop_after_first_epoch(epoch, result):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        featx.train(data, arch, tmp_path / "part.pt", on_epoch=stop_after_first_epoch, **settings)
+    resumed = featx.train(data, arch, tmp_path / "part.pt", resume=True, **settings)
+    assert resumed.resumed_from_epoch == 1
+    assert resumed.history == whole.history
+    expected = torch.load(whole.checkpoint, weights_only=True)["state_dict"]
+    got = torch.load(resumed.checkpoint, weights_only=True)["state_dict"]
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_new_methods_bad_input_exits_2_and_writes_nothing(tmp_path, small_folder, capsys):
+    data = small_folder(per_class=5)
+    out = tmp_path / "m.pt"
+    base = ["train", "--data", str(data), "-o", str(out), "--epochs", "1", "--quiet"]
+    ae = [*base, "--method", "autoencoder"]
+    _cli_error(capsys, [*ae, "--arch", "small_cnn"], out, "has no encoder or decoder module")
+    _cli_error(
+        capsys, [*ae, "--arch", "conv_autoencoder", "--mask-ratio", "1"], out, "within [0, 1)"
+    )
+    _cli_error(capsys, [*ae, "--arch", "conv_autoencoder", "--noise", "-1"], out, ">= 0")
+    _cli_error(
+        capsys,
+        [*ae, "--arch", "conv_autoencoder", "--image-size", "12"],
+        out,
+        "not a reconstruction",
+    )
+    simclr = [*base, "--method", "simclr", "--arch", "simsiam_cnn"]
+    _cli_error(capsys, [*simclr, "--temperature", "0"], out, "--temperature must be > 0")
+    _cli_error(capsys, [*simclr, "--noise", "0.1"], out, "only used with --method autoencoder")
+    _cli_error(
+        capsys,
+        [*base, "--arch", "small_cnn", "--temperature", "0.5"],
+        out,
+        "--temperature is used by --method distill and simclr, not supervised",
+    )
+
+
+def _tasks_csv(data, name="tasks.csv"):
+    """digit and parity columns for an ImageFolder tree of digits, plus an unused column."""
+    rows = [
+        f"{p.relative_to(data).as_posix()},{p.parent.name},"
+        f"{'even' if int(p.parent.name) % 2 == 0 else 'odd'},x"
+        for p in sorted(data.rglob("*.jpg"))
+    ]
+    table = data / name
+    table.write_text("path,digit,parity,note\n" + "\n".join(rows) + "\n")
+    return table
+
+
+def test_multitask_trains_one_backbone_and_records_each_tasks_classes(tmp_path, small_folder):
+    table = _tasks_csv(small_folder(classes=(0, 1, 2, 3)))
+    result = featx.train(
+        table,
+        "small_cnn",
+        tmp_path / "mt.pt",
+        method="multitask",
+        tasks=["parity", "digit"],
+        task_weights=[0.5, 1.0],
+        **FAST,
+    )
+    assert result.tasks == {"parity": ["even", "odd"], "digit": ["0", "1", "2", "3"]}
+    assert result.monitor == "val_accuracy"
+    assert 0 <= result.best_val_accuracy <= 1
+    payload = torch.load(result.checkpoint, weights_only=True)
+    assert payload["featx"]["tasks"] == result.tasks
+    assert payload["featx"]["training"]["task_weights"] == [0.5, 1.0]
+    # the heads are training aids: the checkpoint is small_cnn itself, exported at its embedding
+    assert (
+        payload["state_dict"].keys() == get_extractor("small_cnn").build_model().state_dict().keys()
+    )
+    exported = featx.export(result.checkpoint, tmp_path / "mt.onnx")
+    assert exported.metadata.layer == "embed"
+
+
+def test_multitask_loss_is_the_weighted_sum_of_the_task_losses():
+    from featx.training.multitask import MultitaskObjective
+
+    torch.manual_seed(0)
+    tasks = {"digit": ["0", "1", "2"], "parity": ["even", "odd"]}
+    objective = MultitaskObjective(get_extractor("simsiam_cnn"), 16, tasks, [2.0, 0.5], 0.0)
+    objective.eval()
+    images, labels = torch.randn(4, 3, 16, 16), torch.tensor([[0, 0], [1, 1], [2, 0], [1, 1]])
+    loss, correct = objective.evaluate(images, labels)
+    features = objective.backbone(images)
+    expected = 2.0 * torch.nn.functional.cross_entropy(objective.heads[0](features), labels[:, 0])
+    expected += 0.5 * torch.nn.functional.cross_entropy(objective.heads[1](features), labels[:, 1])
+    assert torch.allclose(loss, expected)
+    hits = sum(
+        int((objective.heads[t](features).argmax(1) == labels[:, t]).sum()) for t in range(2)
+    )
+    assert correct == hits / 2
+
+
+def test_multitask_resumes_bit_identically(tmp_path, small_folder):
+    table = _tasks_csv(small_folder(per_class=10))
+    settings = {**FAST, "patience": 0, "method": "multitask", "tasks": ["digit", "parity"]}
+    whole = featx.train(table, "small_cnn", tmp_path / "whole.pt", **settings)
+
+    def stop_after_first_epoch(epoch, result):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        featx.train(
+            table, "small_cnn", tmp_path / "part.pt", on_epoch=stop_after_first_epoch, **settings
+        )
+    resumed = featx.train(table, "small_cnn", tmp_path / "part.pt", resume=True, **settings)
+    assert resumed.history == whole.history
+    expected = torch.load(whole.checkpoint, weights_only=True)["state_dict"]
+    got = torch.load(resumed.checkpoint, weights_only=True)["state_dict"]
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_multitask_bad_input_exits_2_and_writes_nothing(tmp_path, small_folder, capsys):
+    data = small_folder(per_class=5)
+    table = _tasks_csv(data)
+    out = tmp_path / "m.pt"
+    base = ["train", "--arch", "small_cnn", "-o", str(out), "--epochs", "1", "--quiet"]
+    multitask = [*base, "--method", "multitask", "--data", str(table)]
+    _cli_error(capsys, multitask, out, "needs --tasks COLUMN1,COLUMN2")
+    _cli_error(capsys, [*multitask, "--tasks", "digit,colour"], out, "has no column(s) colour")
+    _cli_error(capsys, [*multitask, "--tasks", "digit,note"], out, "note of")
+    _cli_error(
+        capsys,
+        [*multitask, "--tasks", "digit,parity", "--task-weights", "1"],
+        out,
+        "gives 1 weight(s) for 2 task(s)",
+    )
+    _cli_error(
+        capsys,
+        [*base, "--method", "multitask", "--data", str(data), "--tasks", "digit"],
+        out,
+        "is not a .csv file",
+    )
+    _cli_error(
+        capsys,
+        [*base, "--data", str(data), "--tasks", "digit"],
+        out,
+        "only used with --method multitask",
+    )
+
+
+def test_gan_checkpoint_is_the_discriminator_and_exports_its_penultimate_features(
+    tmp_path, small_folder
+):
+    data = small_folder()
+    result = featx.train(
+        data, "dcgan_discriminator", tmp_path / "d.pt", method="gan", **{**FAST, "epochs": 1}
+    )
+    row = result.history[-1]
+    assert row["train_loss"] == pytest.approx(
+        row["train_discriminator_loss"] + row["train_generator_loss"], rel=1e-5
+    )
+    assert result.monitor == "val_knn_accuracy"
+    payload = torch.load(result.checkpoint, weights_only=True)
+    assert payload["featx"]["training"]["lr"] == gan.GAN_LR
+    assert payload["featx"]["training"]["weight_decay"] == 0.0
+    expected = get_extractor("dcgan_discriminator").build_model().state_dict().keys()
+    assert payload["state_dict"].keys() == expected  # no generator in the extractor
+    exported = featx.export(result.checkpoint, tmp_path / "d.onnx")
+    assert exported.metadata.layer == "features"
+    assert exported.metadata.embedding_dim == 128
+    unlabeled = featx.train(
+        _loose_copy(data, tmp_path / "loose"),
+        "dcgan_discriminator",
+        tmp_path / "u.pt",
+        method="gan",
+        **{**FAST, "epochs": 1},
+    )
+    assert unlabeled.monitor is None  # an adversarial loss does not judge features
+
+
+def test_a_diverged_gan_says_so_and_saves_nothing_of_that_epoch(
+    tmp_path, small_folder, capsys, monkeypatch
+):
+    """Every epoch counts as a collapse when the threshold is above any discriminator loss."""
+    healthy = {"epoch": 3, "train_discriminator_loss": 1.2, "train_generator_loss": 0.8}
+    collapsed = {**healthy, "train_discriminator_loss": 0.01, "train_generator_loss": 6.0}
+    objective = gan.GANObjective(get_extractor("dcgan_discriminator"), SEED_PREPROCESS)
+    assert objective.divergence(healthy) is None
+    assert "diverged at epoch 3" in objective.divergence(collapsed)
+    monkeypatch.setattr(gan, "DIVERGED_DISCRIMINATOR_LOSS", 100.0)
+    out = tmp_path / "d.pt"
+    argv = ["train", "--data", str(small_folder()), "--arch", "dcgan_discriminator"]
+    _cli_error(capsys, [*argv, "-o", str(out), "--method", "gan", "--quiet"], out, "diverged")
+
+
+def test_gan_generator_needs_a_power_of_two_size(tmp_path, small_folder, capsys):
+    out = tmp_path / "g.pt"
+    argv = ["train", "--data", str(small_folder(per_class=5)), "--arch", "simsiam_cnn"]
+    _cli_error(
+        capsys,
+        [*argv, "-o", str(out), "--method", "gan", "--image-size", "12", "--quiet"],
+        out,
+        "4 * 2^k pixels",
+    )

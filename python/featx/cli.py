@@ -400,13 +400,14 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from featx.options import AUGMENTATIONS, METHODS, OPTIMIZERS, STRATEGIES
+    from featx.options import AUGMENTATIONS, METHODS, OPTIMIZERS, RECONSTRUCTION_LOSSES, STRATEGIES
 
     parser.add_argument(
         "--data",
         required=True,
-        help="class-per-folder dir, CSV path,label, "
-        "or (simsiam/distill) a folder of unlabeled images",
+        help="class-per-folder dir, CSV path,label, (multitask) CSV with a header "
+        "path,TASK1,TASK2,..., or (simsiam, simclr, autoencoder, gan, distill) a folder of "
+        "unlabeled images",
     )
     parser.add_argument("--arch", required=True, help="architecture (`featx models`)")
     parser.add_argument("-o", "--output", required=True, help="output featx checkpoint (.pt)")
@@ -435,7 +436,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--augment", choices=AUGMENTATIONS, default="standard")
     parser.add_argument("--image-size", type=int, help="input size (default: the arch's)")
-    parser.add_argument("--temperature", type=float, default=4.0, help="distill: softmax T")
+    parser.add_argument(
+        "--temperature", type=float, help="distill: softmax T (4); simclr: NT-Xent T (0.5)"
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="distill: soft-target weight")
     parser.add_argument(
         "--feature-weight",
@@ -443,12 +446,52 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="distill: weight of the feature-matching loss (0: off)",
     )
+    parser.add_argument(
+        "--reconstruction",
+        choices=RECONSTRUCTION_LOSSES,
+        default="mse",
+        help="autoencoder: reconstruction loss",
+    )
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="autoencoder: std of the Gaussian noise added to inputs (denoising; 0: off)",
+    )
+    parser.add_argument(
+        "--mask-ratio",
+        type=float,
+        default=0.0,
+        help="autoencoder: fraction of 8x8-grid patches blanked, loss on them (0: off)",
+    )
+    parser.add_argument(
+        "--tasks",
+        type=_names,
+        default=[],
+        help="multitask: label columns of the --data CSV, comma-separated",
+    )
+    parser.add_argument(
+        "--task-weights",
+        type=_floats,
+        help="multitask: loss weight per task, comma-separated (default 1 each)",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 on CUDA")
     parser.add_argument("--workers", type=int, help="data loader processes")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT.state")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(value) for value in _names(text)]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

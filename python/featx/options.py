@@ -7,9 +7,10 @@ MIN_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
 """featx.export: the torch.onnx paths."""
 
-METHODS = ("supervised", "simsiam", "distill")
+METHODS = ("supervised", "simsiam", "distill", "simclr", "autoencoder", "multitask", "gan")
 STRATEGIES = ("linear", "partial", "full")
 AUGMENTATIONS = ("standard", "light", "none")
 OPTIMIZERS = ("adamw", "sgd")
+RECONSTRUCTION_LOSSES = ("mse", "l1")
 """featx.train: training objectives, which parameters train (supervised), the augmentation
-recipes and the optimizers."""
+recipes, the optimizers and the autoencoder's reconstruction losses."""

@@ -157,6 +157,30 @@ class ConvAutoencoder(nn.Module):
         return self.decoder(self.encoder(images))
 
 
+class DCGANDiscriminator(nn.Module):
+    """DCGAN's discriminator (Radford et al., 2016) for 32x32 images: 4x4 stride-2 convolutions,
+    LeakyReLU(0.2), BatchNorm after all but the first, no pooling; ``features`` (the last block,
+    4x4 cells) is the penultimate layer. ``classifier`` gives class logits when the arch is
+    trained as a classifier; `featx train --method gan` adds its own real/fake logit instead."""
+
+    def __init__(self, num_outputs: int = 1, width: int = 32):
+        super().__init__()
+
+        def block(in_channels: int, out_channels: int, norm: bool) -> list[nn.Module]:
+            conv = nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1, bias=not norm)
+            return [conv, *([nn.BatchNorm2d(out_channels)] if norm else []), nn.LeakyReLU(0.2)]
+
+        self.features = nn.Sequential(
+            *block(3, width, norm=False),
+            *block(width, 2 * width, norm=True),
+            *block(2 * width, 4 * width, norm=True),
+        )
+        self.classifier = nn.Linear(4 * width * (SEED_IMAGE_SIZE // 8) ** 2, num_outputs)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(images).flatten(1))
+
+
 def small_conv_trunk(dim: int = 128) -> nn.Sequential:
     """A compact conv encoder ending in a pooled ``dim`` vector (SimSiam's default backbone)."""
     return nn.Sequential(
@@ -235,6 +259,18 @@ def build_transformer_encoder(num_classes: int | None = None) -> nn.Module:
 )
 def build_conv_autoencoder(num_classes: int | None = None) -> nn.Module:
     return ConvAutoencoder()
+
+
+@_register_seed(
+    "dcgan_discriminator",
+    "features",
+    "avg",
+    128,
+    8,
+    "seed DCGAN discriminator, penultimate conv block (featx train --method gan)",
+)
+def build_dcgan_discriminator(num_classes: int | None = None) -> nn.Module:
+    return DCGANDiscriminator(num_classes or 1)
 
 
 @_register_seed(

@@ -1,4 +1,5 @@
-"""Training data: an ImageFolder-style directory or a CSV of ``path,label``, checked up front.
+"""Training data: an ImageFolder-style directory, a CSV of ``path,label``, or (multitask) a CSV
+with a header row naming a ``path`` column and one column per task, checked up front.
 
 Every image is decoded once before training starts, to find the files that cannot be decoded:
 they are skipped and counted (never fatal) unless nothing usable remains; the dataset decodes
@@ -8,8 +9,9 @@ split is stratified and fixed by the seed, so a resumed run and a rerun see the 
 
 from __future__ import annotations
 
+import csv
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,37 +29,50 @@ MIN_VAL_PER_CLASS = 1
 @dataclass(frozen=True)
 class Sample:
     path: Path
-    label: int | None
+    label: int | tuple[int, ...] | None
+    """A class index, one class index per task (multitask), or None (unlabeled)."""
 
 
 @dataclass
 class TrainingData:
-    """Usable samples, their class names (empty when unlabeled) and what was skipped."""
+    """Usable samples, their class names (empty when unlabeled or multitask), each task's class
+    names (multitask) and what was skipped."""
 
     samples: list[Sample]
     classes: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    tasks: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def labeled(self) -> bool:
         return bool(self.classes)
 
     def split(self, val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-        """Stratified (when labeled) train/val split fixed by ``seed``."""
+        """Stratified (when labeled; multitask: by the first task) train/val split fixed by
+        ``seed``."""
         from sklearn.model_selection import train_test_split  # heavy import, only when training
 
         if not 0 < val_fraction < 1:
             raise FeatxError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
         indices = np.arange(len(self.samples))
         stratify = None
-        if self.labeled:
-            labels = np.array([s.label for s in self.samples])
+        if self.labeled or self.tasks:
+            if self.tasks:
+                first, names = next(iter(self.tasks.items()))
+                labels = np.array([s.label[0] for s in self.samples])
+                what = f"task {first!r}: class"
+            else:
+                names, labels, what = (
+                    self.classes,
+                    np.array([s.label for s in self.samples]),
+                    "class",
+                )
             counts = Counter(labels.tolist())
             smallest = min(counts.values())
             if smallest * val_fraction < MIN_VAL_PER_CLASS or smallest < 2:
-                name = self.classes[min(counts, key=counts.get)]
+                name = names[min(counts, key=counts.get)]
                 raise FeatxError(
-                    f"class {name!r} has only {smallest} usable image(s): too few to hold out "
+                    f"{what} {name!r} has only {smallest} usable image(s): too few to hold out "
                     f"{val_fraction:.0%} for validation. Add images or merge small classes."
                 )
             stratify = labels
@@ -109,6 +124,62 @@ def load_training_data(source: str | Path, *, labeled: bool = True) -> TrainingD
     return TrainingData(samples, classes, skipped)
 
 
+def load_multitask_data(source: str | Path, tasks: Sequence[str]) -> TrainingData:
+    """Reads a CSV whose header names a ``path`` column and the ``tasks`` columns (other columns
+    are ignored); each task's labels become class indices, in natural order."""
+    source = Path(source)
+    if not source.is_file() or source.suffix.lower() != ".csv":
+        raise FeatxError(
+            f"--method multitask reads a CSV with a header row (path,TASK1,TASK2,...); "
+            f"{source} is not a .csv file"
+        )
+    if not tasks:
+        raise FeatxError("--method multitask needs --tasks COLUMN1,COLUMN2 (label columns)")
+    if len(set(tasks)) != len(tasks):
+        raise FeatxError(f"--tasks names a column twice: {', '.join(tasks)}")
+    with source.open(newline="") as stream:
+        reader = csv.DictReader(stream)
+        header = [name.strip() for name in reader.fieldnames or []]
+        reader.fieldnames = header
+        rows = [row for row in reader if any((value or "").strip() for value in row.values())]
+    absent = [name for name in ("path", *tasks) if name not in header]
+    if absent:
+        raise FeatxError(
+            f"{source} has no column(s) {', '.join(absent)} (its header: {', '.join(header)}); "
+            "the first row must name a path column and the --tasks columns"
+        )
+    columns = ("path", *tasks)
+    bad = [i for i, row in enumerate(rows, 2) if any(not (row[c] or "").strip() for c in columns)]
+    if bad:
+        raise FeatxError(f"{source}: line(s) {bad[:5]} leave the path or a task label empty")
+    paths = [source.parent / row["path"].strip() for row in rows]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FeatxError(
+            f"{source} names {len(missing)} file(s) that do not exist (paths are relative to the "
+            f"CSV's folder), e.g. {', '.join(missing[:3])}"
+        )
+    task_classes = {
+        task: sorted({row[task].strip() for row in rows}, key=_natural_key) for task in tasks
+    }
+    single = [task for task, names in task_classes.items() if len(names) < 2]
+    if single:
+        raise FeatxError(
+            f"task(s) {', '.join(single)} of {source} have a single class; each task needs two"
+        )
+    index = {
+        task: {name: i for i, name in enumerate(names)} for task, names in task_classes.items()
+    }
+    candidates = [
+        (path, tuple(index[task][row[task].strip()] for task in tasks))
+        for path, row in zip(paths, rows, strict=True)
+    ]
+    samples, skipped = _decodable(candidates)
+    if not samples:
+        raise FeatxError(f"none of the images {source} names could be decoded; nothing to train on")
+    return TrainingData(samples, [], skipped, task_classes)
+
+
 def _images_under(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
@@ -156,7 +227,9 @@ def _natural_key(name: str) -> tuple[int, int | str]:
     return (0, int(name)) if name.isdigit() else (1, name)
 
 
-def _decodable(candidates: list[tuple[Path, int | None]]) -> tuple[list[Sample], list[dict]]:
+def _decodable(
+    candidates: list[tuple[Path, int | tuple[int, ...] | None]],
+) -> tuple[list[Sample], list[dict]]:
     samples, skipped = [], []
     for path, label in candidates:
         try:
@@ -178,6 +251,10 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[object, int]:
+    def __getitem__(self, index: int) -> tuple[object, int | torch.Tensor]:
+        """Labels: the class index, -1 when unlabeled, a tensor of one index per task."""
         sample = self.samples[index]
-        return self.transform(open_rgb(sample.path)), -1 if sample.label is None else sample.label
+        label = sample.label
+        if isinstance(label, tuple):
+            label = torch.tensor(label)
+        return self.transform(open_rgb(sample.path)), -1 if label is None else label

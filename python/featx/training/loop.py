@@ -2,6 +2,11 @@
 
 An objective is an nn.Module with ``model`` (what gets saved), ``train_mode()``,
 ``step(inputs, labels) -> (loss, correct or None)`` and ``evaluate(...)`` (same, no grad).
+Early stopping and the saved best weights follow one validation figure of the history (a
+``Monitor``): val accuracy, a k-NN accuracy of the embeddings (``KnnMonitor``), or val loss.
+An objective may also define ``epoch_figures() -> dict`` (more figures of the epoch just trained,
+added to its history row) and ``divergence(row) -> str | None``: a message stops the run with a
+FeatxError before that epoch is saved (GAN collapse).
 
 Exact resume: after every epoch the full training state (objective weights, optimizer,
 scheduler, grad scaler, torch RNG states and the shuffling generator, epoch, early-stopping
@@ -28,6 +33,7 @@ from torch import nn
 from featx.options import OPTIMIZERS
 from featx.runtime.errors import FeatxError
 from featx.runtime.files import write_atomic
+from featx.training.knn import KnnMonitor
 
 STATE_FORMAT = 1
 
@@ -43,6 +49,8 @@ class LoopConfig:
     patience: int
     device: str
     amp: bool
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's; GAN training uses DCGAN's (0.5, 0.999)."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -53,9 +61,29 @@ class LoopConfig:
             raise FeatxError(f"--lr must be > 0, got {self.lr}")
 
 
+@dataclass(frozen=True)
+class Monitor:
+    """The history figure that picks the best epoch and drives early stopping."""
+
+    key: str
+    higher_is_better: bool = True
+
+    def score(self, row: dict[str, float]) -> float:
+        """The figure as a score where higher is better."""
+        return row[self.key] if self.higher_is_better else -row[self.key]
+
+    def value(self, score: float) -> float:
+        return score if self.higher_is_better else -score
+
+
+VAL_ACCURACY = Monitor("val_accuracy")
+VAL_KNN_ACCURACY = Monitor("val_knn_accuracy")
+VAL_LOSS = Monitor("val_loss", higher_is_better=False)
+
+
 @dataclass
 class EarlyStopping:
-    """Stops when val accuracy has not improved for ``patience`` epochs (0: never stops)."""
+    """Stops when the monitored score has not improved for ``patience`` epochs (0: never)."""
 
     patience: int
     best: float = -math.inf
@@ -96,7 +124,7 @@ def build_optimizer(parameters: list[nn.Parameter], config: LoopConfig) -> torch
     ]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -130,11 +158,16 @@ def run_loop(
     state_path: Path,
     resume: bool,
     fingerprint: dict[str, Any],
+    monitor: Monitor | None = VAL_ACCURACY,
+    knn: KnnMonitor | None = None,
     on_epoch: Callable[[int, LoopResult], None] | None = None,
     console: Console | None = None,
     progress: bool = True,
 ) -> LoopResult:
-    """Trains ``objective`` for ``config.epochs`` epochs (fewer when early stopping fires)."""
+    """Trains ``objective`` for ``config.epochs`` epochs (fewer when early stopping fires).
+
+    ``monitor`` None: no figure judges the epochs, the last one is kept and early stopping does
+    not apply. ``knn`` adds ``val_knn_accuracy`` to every epoch's row."""
     device = torch.device(config.device)
     cuda = device.type == "cuda"
     objective.to(device)
@@ -185,16 +218,22 @@ def run_loop(
             train_figures = _train_epoch(
                 objective, train_loader, optimizer, scheduler, scaler, device, use_amp, bar, task
             )
-            val_figures = _evaluate(objective, val_loader, device, use_amp)
+            val_figures = _evaluate(objective, val_loader, device, use_amp, knn)
             bar.remove_task(task)
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
             row.update(train_figures)
+            row.update(getattr(objective, "epoch_figures", dict)())
             row.update(val_figures)
+            diverged = getattr(objective, "divergence", None)
+            message = None if diverged is None else diverged(row)
+            if message is not None:
+                raise FeatxError(message)
             result.history.append(row)
-            if stopper.update(val_figures.get("val_accuracy"), epoch):
+            score = None if monitor is None else monitor.score(row)
+            if stopper.update(score, epoch):
                 result.best_state = _cpu_copy(objective.model.state_dict())
             result.best_epoch = stopper.best_epoch
-            result.best_metric = None if stopper.best == -math.inf else stopper.best
+            result.best_metric = _best_value(stopper, monitor)
             _save_state(
                 state_path,
                 {
@@ -223,8 +262,14 @@ def run_loop(
                 result.stopped_early = True
                 break
     result.best_epoch = stopper.best_epoch
-    result.best_metric = None if stopper.best == -math.inf else stopper.best
+    result.best_metric = _best_value(stopper, monitor)
     return result
+
+
+def _best_value(stopper: EarlyStopping, monitor: Monitor | None) -> float | None:
+    if monitor is None or stopper.best == -math.inf:
+        return None
+    return monitor.value(stopper.best)
 
 
 def _train_epoch(
@@ -261,12 +306,17 @@ def _train_epoch(
 
 @torch.no_grad()
 def _evaluate(
-    objective: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, use_amp: bool
+    objective: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    use_amp: bool,
+    knn: KnnMonitor | None,
 ) -> dict[str, float]:
     objective.eval()
     figures = _EpochFigures()
-    # Validation may draw random views (SimSiam); a fixed fork keeps it repeatable and leaves
-    # the training RNG stream untouched, so resumed runs stay exact.
+    # Validation may draw random views (SimSiam, SimCLR), noise or masks (autoencoder); a fixed
+    # fork keeps it repeatable and leaves the training RNG stream untouched (data loaders draw
+    # their seeds from it too), so resumed runs stay exact.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         for inputs, labels in loader:
@@ -275,7 +325,10 @@ def _evaluate(
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 loss, correct = objective.evaluate(inputs, labels)
             figures.add(loss, correct, len(labels))
-    return figures.named("val")
+        named = figures.named("val")
+        if knn is not None:
+            named["val_knn_accuracy"] = knn.accuracy(device, use_amp)
+    return named
 
 
 class _EpochFigures:
@@ -285,7 +338,8 @@ class _EpochFigures:
     def __init__(self) -> None:
         self.loss_sum, self.correct, self.seen, self.has_accuracy = 0.0, 0, 0, True
 
-    def add(self, loss: torch.Tensor, correct: int | None, batch: int) -> None:
+    def add(self, loss: torch.Tensor, correct: float | None, batch: int) -> None:
+        """``correct``: the batch's correct predictions (multitask: averaged over the tasks)."""
         self.seen += batch
         self.loss_sum += float(loss.detach()) * batch
         if correct is None:
@@ -306,7 +360,7 @@ class _EpochFigures:
 
 def _epoch_line(row: dict[str, float]) -> str:
     parts = [f"epoch {row['epoch']}"]
-    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_knn_accuracy"):
         if key in row:
             parts.append(f"{key.replace('_', ' ')} {row[key]:.4f}")
     return ", ".join(parts)
