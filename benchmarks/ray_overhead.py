@@ -3,7 +3,10 @@ as whole `featx extract` processes, run alternately in one session (Ray's start-
 users pay it):
 
 - ``plain``: featx extract as it is (all cores);
-- ``ray-1x2``: --ray with one actor holding both cores (the overhead of Ray itself);
+- ``ray-1x2``: --ray with one actor holding both cores (the overhead of Ray itself, starting
+  and stopping a local Ray instance included);
+- ``ray-1x2-cluster``: the same joining a running one-node cluster by its address, as jobs on a
+  real cluster do (`ray start --head` before the run and `ray stop` after it, both untimed);
 - ``plain-1thread``: featx extract with one decode worker and one ORT thread;
 - ``ray-1x1`` and ``ray-2x1``: --ray with one, then two actors of one CPU, one decode worker and
   one ORT thread each (what a second actor adds on the 2 cores).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -27,9 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
+CLUSTER_ADDRESS = "127.0.0.1:6390"
+CLIENT_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
+"""`ray start` (Ray 2.60) turns token authentication on; a driver joining by address must too
+(README, On a Ray cluster)."""
 CONFIGS = {
     "plain": [],
     "ray-1x2": ["--ray", "--ray-actors", "1", "--ray-cpus-per-actor", "2"],
+    "ray-1x2-cluster": ["--ray", CLUSTER_ADDRESS, "--ray-actors", "1", "--ray-cpus-per-actor", "2"],
     "plain-1thread": ["--workers", "1", "--threads", "1"],
     "ray-1x1": ["--ray", "--ray-actors", "1", "--workers", "1", "--threads", "1"],
     "ray-2x1": ["--ray", "--ray-actors", "2", "--workers", "1", "--threads", "1"],
@@ -43,6 +52,15 @@ torch.manual_seed(0)
 checkpoint = save_checkpoint(sys.argv[3] + ".pt", torchvision.models.resnet50(), "resnet50")
 featx.export(checkpoint, sys.argv[3])
 """
+
+
+def start_cluster(ray_cli: Path) -> None:
+    port = CLUSTER_ADDRESS.rsplit(":", 1)[1]
+    subprocess.run(
+        [ray_cli, "start", "--head", "--port", port, "--num-cpus", "2", "--include-dashboard",
+         "false", "--disable-usage-stats"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def output_bytes(out: Path) -> dict[str, bytes]:
@@ -59,6 +77,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     featx = Path(sys.executable).parent / "featx"
+    ray_cli = Path(sys.executable).parent / "ray"
     with tempfile.TemporaryDirectory() as tmp:
         corpus, model = Path(tmp) / "corpus", Path(tmp) / "resnet50.onnx"
         subprocess.run(
@@ -73,9 +92,15 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 command = [featx, "extract", model, corpus, "-o", out, "--quiet"]
                 command += ["--shard-size", str(args.shard_size), *extra]
+                if name == "ray-1x2-cluster":
+                    start_cluster(ray_cli)
                 started = time.perf_counter()
-                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-                seconds[name].append(time.perf_counter() - started)
+                try:
+                    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=CLIENT_ENV)
+                    seconds[name].append(time.perf_counter() - started)
+                finally:
+                    if name == "ray-1x2-cluster":
+                        subprocess.run([ray_cli, "stop"], check=True, stdout=subprocess.DEVNULL)
                 produced = output_bytes(out)
                 reference = reference or produced
                 identical[name] &= produced == reference
@@ -97,6 +122,9 @@ def main() -> None:
         "rows": rows,
         "ray_1x2_overhead_vs_plain": round(
             rows["ray-1x2"]["median_s"] / rows["plain"]["median_s"] - 1, 4
+        ),
+        "ray_1x2_cluster_overhead_vs_plain": round(
+            rows["ray-1x2-cluster"]["median_s"] / rows["plain"]["median_s"] - 1, 4
         ),
         "ray_2x1_vs_1x1_speedup": round(
             rows["ray-1x1"]["median_s"] / rows["ray-2x1"]["median_s"], 3

@@ -147,7 +147,10 @@ def run_on_ray(
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise FeatxError(
                 f"cannot reach a Ray cluster at {options.address!r} ({err}); start one (`ray "
-                "start --head`) or pass --ray without an address for a local instance."
+                "start --head`) or pass --ray without an address for a local instance. A "
+                "cluster with token authentication (`ray start` turns it on from Ray 2.59) "
+                "also needs RAY_AUTH_MODE=token here and its token (~/.ray/auth_token or "
+                "RAY_AUTH_TOKEN)."
             ) from err
     actors: list[Any] = []
     try:
