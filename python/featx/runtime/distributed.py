@@ -221,6 +221,7 @@ class _Scheduler:
         self.console = console
         self.idle: deque[int] = deque()
         self.starting = {actor.pid.remote(): index for index, actor in enumerate(actors)}
+        self.start_deaths: dict[int, int] = {}
         self.actors = actors
         self.shared_inputs = shared_inputs
         self.queue = deque(pending)
@@ -258,13 +259,19 @@ class _Scheduler:
                     self.advance(entry["inputs"])
 
     def _started(self, ready: Any) -> None:
-        """An actor answered its first call: it has its Runner and takes work from now on."""
+        """An actor answered its first call: it has its Runner and takes work from now on. One
+        whose process died while starting is asked again (Ray restarts it); one whose
+        constructor failed, or that died starting MAX_ATTEMPTS times, stops the job."""
         from ray.exceptions import RayActorError
 
         actor = self.starting.pop(ready)
         try:
             self.ray.get(ready)
         except RayActorError as err:
+            self.start_deaths[actor] = self.start_deaths.get(actor, 0) + 1
+            if not err.actor_init_failed and self.start_deaths[actor] < MAX_ATTEMPTS:
+                self.starting[self.actors[actor].pid.remote()] = actor
+                return
             raise FeatxError(
                 f"a Ray actor could not start ({_last_line(err)}); check that featx "
                 "and its runtime are installed on every node and that the model and inputs are "

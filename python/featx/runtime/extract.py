@@ -206,6 +206,9 @@ def extract(
                         device,
                     )
                     run_on_ray(ray_options, shard_job, listed, pending, record, advance, console)
+                    # An actor killed while writing a shard leaves its temporary file; every
+                    # actor has stopped now, and the lock keeps other writers out.
+                    remove_stale_temporaries(out)
             job.complete = True
             job.save(out)
     except KeyboardInterrupt as err:
