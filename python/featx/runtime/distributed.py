@@ -9,12 +9,12 @@ OUTDIR atomically and streams its manifest entry back; only the driver writes th
 OUTDIR must therefore be one folder visible to every node (a shared file system).
 
 Failures: an actor process that dies mid-shard (SIGKILL, a lost node) leaves at most a temporary
-file; Ray restarts the actor and the driver hands the shard, and those queued behind it in that
-actor's run, to other actors (the shard up to MAX_ATTEMPTS times in all). A shard rewritten
-after its files were already renamed into place gets the same bytes, since a shard's content
-depends only on its inputs. A driver that dies takes its actors with it; the same command
-resumes from the manifest. An error in a shard that is not the machine's (a full disk) stops
-the job as it stops a single-process run.
+file (removed when the job ends); Ray restarts the actor and the driver hands the shard, and
+those queued behind it in that actor's run, to other actors (the shard up to MAX_ATTEMPTS times
+in all). A shard rewritten after its files were already renamed into place gets the same bytes,
+since a shard's content depends only on its inputs. A driver that dies takes its actors with
+it; the same command resumes from the manifest. An error in a shard that is not the machine's
+(a full disk) stops the job as it stops a single-process run.
 
 Workers import only the runtime layer and Ray: never torch.
 """
