@@ -18,16 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 
 import featx
 from featx.bench.environment import environment
 from featx.bench.report import show_and_write_rows, write_json
 from featx.data.digits import label_of, write_digits
-from featx.models import get_extractor
-from featx.models.checkpoint import save_checkpoint
-from featx.runtime.metadata import Preprocess
+from featx.testing.models import random_init_checkpoint
 
 CASES: list[dict[str, Any]] = [
     {"method": "simclr", "arch": "simsiam_cnn", "image_size": 16, "epochs": 6, "lr": 3e-3},
@@ -85,14 +82,7 @@ def exported_scores(checkpoint: Path, digits: Path, work: Path) -> tuple[float, 
 
 
 def random_init_scores(arch: str, size: int, digits: Path, work: Path) -> tuple[float, float]:
-    extractor = get_extractor(arch)
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(
-        work / f"random-{arch}-{size}.pt",
-        extractor.build_model(None),
-        arch,
-        preprocess=Preprocess.for_crop(size, extractor.preprocess),
-    )
+    checkpoint = random_init_checkpoint(arch, size, work / f"random-{arch}-{size}.pt")
     return exported_scores(checkpoint, digits, work)
 
 

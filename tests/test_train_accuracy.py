@@ -21,6 +21,7 @@ from featx.features import extractor_feature_model
 from featx.models import get_extractor
 from featx.models.checkpoint import load_model, save_checkpoint
 from featx.runtime.metadata import Preprocess
+from featx.testing.models import random_init_checkpoint
 from featx.training.augment import eval_transform
 from featx.training.data import ImageDataset, load_training_data
 
@@ -68,14 +69,7 @@ def _pipeline_scores(checkpoint: Path, digits: Path, work: Path) -> tuple[float,
 
 
 def _random_init_scores(arch: str, size: int, digits: Path, work: Path) -> tuple[float, float]:
-    extractor = get_extractor(arch)
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(
-        work / f"random-{arch}.pt",
-        extractor.build_model(None),
-        arch,
-        preprocess=Preprocess.for_crop(size, extractor.preprocess),
-    )
+    checkpoint = random_init_checkpoint(arch, size, work / f"random-{arch}.pt")
     return _pipeline_scores(checkpoint, digits, work)
 
 

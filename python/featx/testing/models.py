@@ -1,9 +1,28 @@
-"""Model preparation for parity tests."""
+"""Model preparation for parity tests and training baselines."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
+
+from featx.models import get_extractor
+from featx.models.checkpoint import save_checkpoint
+from featx.runtime.metadata import Preprocess
+
+
+def random_init_checkpoint(arch: str, size: int, path: Path) -> Path:
+    """A featx checkpoint of ``arch`` at random initialisation (seed 0) for ``size``-pixel
+    inputs: the baseline a trained model's embeddings must beat."""
+    extractor = get_extractor(arch)
+    torch.manual_seed(0)
+    return save_checkpoint(
+        path,
+        extractor.build_model(None),
+        arch,
+        preprocess=Preprocess.for_crop(size, extractor.preprocess),
+    )
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
