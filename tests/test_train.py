@@ -50,6 +50,14 @@ def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+def _assert_same_weights(expected_checkpoint, got_checkpoint):
+    """Both checkpoints hold bit-identical weights, tensor by tensor."""
+    expected = torch.load(expected_checkpoint, weights_only=True)["state_dict"]
+    got = torch.load(got_checkpoint, weights_only=True)["state_dict"]
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
 def test_checkpoint_is_featx_format_and_loads_weights_only(tmp_path, small_folder):
     data = small_folder()
     result = featx.train(data, "small_cnn", tmp_path / "m.pt", **FAST)
@@ -481,10 +489,7 @@ def test_new_methods_resume_bit_identically(tmp_path, small_folder, method, arch
     resumed = featx.train(data, arch, tmp_path / "part.pt", resume=True, **settings)
     assert resumed.resumed_from_epoch == 1
     assert resumed.history == whole.history
-    expected = torch.load(whole.checkpoint, weights_only=True)["state_dict"]
-    got = torch.load(resumed.checkpoint, weights_only=True)["state_dict"]
-    for key in expected:
-        assert torch.equal(expected[key], got[key]), key
+    _assert_same_weights(whole.checkpoint, resumed.checkpoint)
 
 
 def test_new_methods_bad_input_exits_2_and_writes_nothing(tmp_path, small_folder, capsys):
@@ -585,10 +590,7 @@ def test_multitask_resumes_bit_identically(tmp_path, small_folder):
         )
     resumed = featx.train(table, "small_cnn", tmp_path / "part.pt", resume=True, **settings)
     assert resumed.history == whole.history
-    expected = torch.load(whole.checkpoint, weights_only=True)["state_dict"]
-    got = torch.load(resumed.checkpoint, weights_only=True)["state_dict"]
-    for key in expected:
-        assert torch.equal(expected[key], got[key]), key
+    _assert_same_weights(whole.checkpoint, resumed.checkpoint)
 
 
 def test_multitask_bad_input_exits_2_and_writes_nothing(tmp_path, small_folder, capsys):
