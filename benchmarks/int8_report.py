@@ -7,10 +7,11 @@ The curated models are randomly initialised with trained-looking BatchNorm stati
 downloads); small_cnn also trained on scikit-learn's digits (as `featx demo` trains it) and gated
 on digits, beside itself at random init. Both files of a row come from the same checkpoint; int8
 is calibrated on featx-export's default 128 images and gated on the next 256 (real-photo crops,
-featx.bench.corpus, or digits). Model-only speed: featx.Runner
-on one seeded batch, the fp32 and int8 files timed alternately in the same process (the machine
-is noisy; a ratio measured side by side is what holds), median of --repeats. An arch whose int8
-model fails its gate is a row saying so, with the figures.
+featx.bench.corpus, or digits), with the default fallback (up to half the multiply-add ops kept
+fp32; fp32_ops says how many were, the all_int8 columns what the all-int8 model measured).
+Model-only speed: featx.Runner on one seeded batch, the fp32 and int8 files timed alternately in
+the same process (the machine is noisy; a ratio measured side by side is what holds), median of
+--repeats. An arch whose int8 model fails its gate is a row saying so, with the figures.
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ def int8_row(
         "recall_at_10": round(report.figures.recall_at_10, 4),
         "pairwise_cosine": round(report.figures.reference_pairwise_cosine, 6),
         "gate": gate,
+        "fp32_ops": f"{len(report.fp32_nodes)}/{report.quantizable_nodes}",
+        "all_int8_mean_cosine": round(report.tries[0].figures.mean_cosine, 6),
+        "all_int8_recall_at_10": round(report.tries[0].figures.recall_at_10, 4),
+        "instruction_set": report.recipe.instruction_set,
         "fp32_img_s": round(fp32_rate, 2),
         "int8_img_s": round(int8_rate, 2),
         "int8_vs_fp32": round(int8_rate / fp32_rate, 3),

@@ -251,6 +251,7 @@ def test_bench_cli_writes_result_json_and_plot(small_run):
     int8_parity = rows["model/small_cnn/int8/int8/bs2/cpu"]["parity"]
     assert int8_parity["rows"] == 256
     assert int8_parity["recall_at_10"] >= int8_parity["gate"]["recall_at_10"]
+    assert 0 <= int8_parity["fp32_ops"] <= int8_parity["quantizable_ops"] // 2
     # The C++ preprocessing is bit-identical to PIL's.
     assert rows["preprocess/resnet50/cpp/float32/bs1/cpu"]["parity"]["max_abs"] == 0.0
     assert rows["model/small_cnn/eager-fp16/float16/bs2/cpu"]["status"] == "unavailable"

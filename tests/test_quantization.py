@@ -14,7 +14,7 @@ from PIL import Image
 import featx
 from featx.bench.corpus import make_corpus
 from featx.cli import export_main
-from featx.quantization import Int8Gate, embedding_fidelity, recipe_for
+from featx.quantization import Int8Gate, embedding_fidelity, fallback_counts, recipe_for
 from featx.runtime.errors import FeatxError
 from featx.runtime.metadata import read_metadata
 from featx.runtime.shards import read_features
@@ -86,6 +86,8 @@ def test_a_constant_calibration_set_fails_the_gate_with_exit_1_and_no_file(
     assert "failed its fidelity gate on 64 held-out images" in message
     assert "Tensors that lost most" in message
     assert "dB" in message
+    assert "0 fp32: min cosine" in message
+    assert "--int8-max-fp32 0.5" in message
     assert list(tmp_path.iterdir()) == [checkpoint]
 
 
@@ -104,6 +106,7 @@ def test_too_few_images_for_calibration_and_gate_is_a_clear_error(make_checkpoin
         (["--int8", "--fp16", "--calibrate", "photos"], "exclude each other"),
         (["--int8", "--calibrate", "no-such-folder"], "no-such-folder"),
         (["--int8", "--calibrate", "photos", "--holdout-size", "20"], "--holdout-size >= 50"),
+        (["--int8", "--calibrate", "photos", "--int8-max-fp32", "1.5"], "a share in [0, 1]"),
     ],
 )
 def test_bad_int8_options_exit_2_before_any_work(make_checkpoint, tmp_path, capsys, argv, message):
@@ -111,6 +114,63 @@ def test_bad_int8_options_exit_2_before_any_work(make_checkpoint, tmp_path, caps
     assert export_main([str(checkpoint), "-o", str(tmp_path / "m.onnx"), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_onnxruntime_without_the_calibration_cache_is_named_before_any_work(
+    make_checkpoint, photos, tmp_path, monkeypatch
+):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "__version__", "1.27.1")
+    checkpoint, _ = make_checkpoint("small_cnn")
+    with pytest.raises(FeatxError, match=r"needs onnxruntime >= 1\.28.*has 1\.27\.1"):
+        featx.export(checkpoint, tmp_path / "int8.onnx", int8=True, calibrate=photos, **SIZES)
+    assert not (tmp_path / "int8.onnx").exists()
+
+
+def test_the_fallback_keeps_a_growing_share_of_the_ops_fp32_up_to_its_limit():
+    assert fallback_counts(49, 0.5) == [6, 12, 24]
+    assert fallback_counts(53, 0.5) == [7, 13, 26]
+    assert fallback_counts(4, 0.5) == [1, 2]
+    assert fallback_counts(10, 1.0) == [3, 5, 10]
+    assert fallback_counts(49, 0.0) == []
+    assert fallback_counts(1, 0.5) == []
+
+
+def test_a_model_outside_the_gate_all_int8_passes_with_its_worst_ops_kept_fp32(
+    make_checkpoint, photos, tmp_path
+):
+    """A gate the all-int8 model cannot meet (mean and min cosine 0.99999): the fallback keeps
+    more ops fp32 until it passes (at the latest with all of them, --int8-max-fp32 1); the
+    written file has exactly those ops without int8 inputs, and its metadata says which."""
+    import onnx
+
+    checkpoint, _ = make_checkpoint("transformer_encoder")
+    strict = Int8Gate(mean_cosine=0.99999, min_cosine=0.99999, recall_at_10=0.95)
+    out = tmp_path / "int8.onnx"
+    result = featx.export(
+        checkpoint, out, int8=True, calibrate=photos, int8_gate=strict, int8_max_fp32=1.0, **SIZES
+    )
+    fallback = read_metadata(out).int8["fallback"]
+    tries = fallback["tries"]
+    assert tries[0]["fp32_nodes"] == 0
+    assert tries[0]["mean_cosine"] < 0.99999 or tries[0]["min_cosine"] < 0.99999
+    assert len(tries) >= 2
+    assert tries[-1]["fp32_nodes"] == len(fallback["fp32_nodes"]) > 0
+    assert result.int8.figures.min_cosine >= 0.99999
+    assert fallback["max_fp32_share"] == 1.0
+    graph = onnx.load(str(out)).graph
+    produced_by = {out: node.op_type for node in graph.node for out in node.output}
+    int8_inputs = {
+        node.name: any(produced_by.get(name) == "DequantizeLinear" for name in node.input)
+        for node in graph.node
+        if node.op_type in ("Conv", "MatMul", "Gemm")
+    }
+    kept = set(fallback["fp32_nodes"])
+    assert kept <= set(int8_inputs)
+    assert not any(int8_inputs[name] for name in kept)
+    if len(kept) < fallback["quantizable_nodes"]:
+        assert any(int8_inputs[name] for name in set(int8_inputs) - kept)
 
 
 def test_the_gate_fails_what_is_below_any_of_its_bounds():

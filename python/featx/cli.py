@@ -68,6 +68,13 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--int8-recall", type=float, default=0.95, help="--int8 gate: recall@10 of fp32 k-NN"
     )
+    parser.add_argument(
+        "--int8-max-fp32",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="--int8: share of the multiply-add ops that may stay fp32 to pass the gate (0: none)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -170,6 +177,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             calibration_size=args.calibration_size,
             holdout_size=args.holdout_size,
             int8_gate=Int8Gate(args.int8_mean_cosine, args.int8_min_cosine, args.int8_recall),
+            int8_max_fp32=args.int8_max_fp32,
             on_stage=lambda text: status.update(text),
         )
     summary = {
@@ -236,8 +244,15 @@ def _print_int8(report: Int8Report) -> None:
         f"int8 vs fp32 on {fig.rows} held-out images: min cosine {fig.min_cosine:.6f}, mean "
         f"{fig.mean_cosine:.6f}, recall@10 {fig.recall_at_10:.4f} (gate: mean >= "
         f"{gate.mean_cosine}, min >= {gate.min_cosine}, recall@10 >= {gate.recall_at_10}): passed; "
-        f"calibrated on {report.calibration['images']} images; recipe {report.recipe.describe()}"
+        f"calibrated on {report.calibration['images']} images; recipe {report.recipe.describe()}; "
+        f"{report.describe_fallback()}"
     )
+    for each in report.tries[:-1]:
+        stdout.print(
+            f"  tried {each.fp32_nodes} of {report.quantizable_nodes} multiply-add ops fp32: "
+            f"min cosine {each.figures.min_cosine:.6f}, mean {each.figures.mean_cosine:.6f}, "
+            f"recall@10 {each.figures.recall_at_10:.4f}: outside the gate"
+        )
     speed = (
         f"model-only on this machine: int8 {report.int8_images_per_second:.1f} img/s, fp32 "
         f"{report.fp32_images_per_second:.1f} img/s ({report.speedup:.2f}x)"

@@ -35,7 +35,13 @@ from featx.fold import FoldReport, fold_batchnorm
 from featx.models.checkpoint import LoadedModel, load_model
 from featx.options import DEFAULT_OPSET, EXPORTERS, MIN_OPSET
 from featx.parity import ParityGate, ParityReport, compare, parity_inputs
-from featx.quantization import Int8Gate, Int8Report, check_sizes, quantize_int8
+from featx.quantization import (
+    MAX_FP32_SHARE,
+    Int8Gate,
+    Int8Report,
+    check_options,
+    quantize_int8,
+)
 from featx.runtime.errors import FeatxError, ParityError
 from featx.runtime.files import write_atomic
 from featx.runtime.inputs import read_inputs
@@ -98,6 +104,7 @@ def export(
     calibration_size: int = 128,
     holdout_size: int = 256,
     int8_gate: Int8Gate | None = None,
+    int8_max_fp32: float = MAX_FP32_SHARE,
     on_stage: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Exports ``model`` (a model file) to a verified ONNX file and returns what was measured.
@@ -105,8 +112,9 @@ def export(
     With ``int8``, the file holds the model statically quantized to int8, calibrated on
     ``calibration_size`` images of ``calibrate`` (a folder, list, tar shards or parquet, as
     featx extract reads them) and checked against the fp32 export on up to ``holdout_size``
-    others (after them in ``calibrate``, or of ``holdout``) by ``int8_gate``
-    (featx.quantization).
+    others (after them in ``calibrate``, or of ``holdout``) by ``int8_gate``; where the all-int8
+    model fails it, up to ``int8_max_fp32`` of its multiply-add ops are kept fp32, those whose
+    inputs int8 represents worst (featx.quantization).
 
     Raises FeatxError for bad input (nothing written) and ParityError when ONNX Runtime's output
     leaves the parity gate or the int8 model its fidelity gate (nothing written; the figures are
@@ -125,7 +133,7 @@ def export(
         raise FeatxError("--calibrate and --holdout are for --int8: add --int8, or drop them.")
     # Checked and listed before the slow steps, so that a wrong value or path fails at once.
     if int8:
-        check_sizes(calibration_size, holdout_size)
+        check_options(calibration_size, holdout_size, int8_max_fp32)
     calibration_images = read_inputs(calibrate) if calibrate is not None else None
     holdout_images = read_inputs(holdout) if holdout is not None else None
 
@@ -193,6 +201,8 @@ def export(
             calibration_size=calibration_size,
             holdout_size=holdout_size,
             gate=int8_gate,
+            max_fp32_share=int8_max_fp32,
+            on_try=stage,
         )
 
     metadata = ModelMetadata(

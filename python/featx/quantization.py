@@ -11,17 +11,28 @@ dedup use embeddings for.
 The recipe depends on the CPU's instruction set: without VNNI, x86's u8 x s8 multiply-add
 (vpmaddubsw) saturates its 16-bit sums, so weights are quantized to 7 bits (reduce_range), as
 ONNX Runtime's documentation recommends; with VNNI (and on ARM) the full 8 bits are kept.
+
+When the all-int8 model fails its gate, a fallback keeps some multiply-add ops fp32, a growing
+share of them, until the gate passes or ``max_fp32_share`` of them is reached. First kept fp32:
+the ops whose activation input int8 represents worst for what keeping them costs, i.e. lowest
+signal to quantization noise (dB) of that input plus 10 log10 of the activation values the op
+reads and writes. An op kept fp32 costs mostly the conversions of its input and output between
+int8 and fp32 (memory-bound, so the tensors' size), not its multiply-adds: ranked per
+multiply-add instead, 7 of ResNet-50's 53 convolutions kept fp32 cut int8's speed-up from 2.26x
+to 1.46x (early layers: few multiply-adds, large tensors). benchmarks/int8_fallback.py measures
+the rankings. The calibrated ranges are computed once and reused by every try.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +62,14 @@ CROWDED_COSINE = 0.99
 """Above this mean cosine between different images' fp32 embeddings, the gate's message says the
 neighbour graph it checks is crowded."""
 SHUFFLE_SEED = 0
+MAX_FP32_SHARE = 0.5
+"""The default share of the quantizable multiply-add ops the fallback may keep fp32: beyond half,
+what is left of int8's speed-up is small (ResNet-50: 2.2x all int8, 1.3x with half fp32)."""
+FALLBACK_STEPS = (0.25, 0.5, 1.0)
+"""The fallback's tries, as fractions of ``max_fp32_share`` of the quantizable ops."""
+MIN_ONNXRUNTIME = (1, 28)
+"""quantize_static's calibration cache (calibrate once, quantize as often as the fallback tries)
+arrived in ONNX Runtime 1.28."""
 
 
 class Int8GateError(ParityError):
@@ -146,6 +165,14 @@ class Int8Figures:
     is (random-init networks often do this)."""
 
 
+@dataclass(frozen=True)
+class FallbackTry:
+    """One model the fallback measured: ``fp32_nodes`` multiply-add ops kept fp32."""
+
+    fp32_nodes: int
+    figures: Int8Figures
+
+
 @dataclass
 class Int8Report:
     """What --int8 did and measured; stored in the model's metadata (``featx.int8``)."""
@@ -157,10 +184,25 @@ class Int8Report:
     fp32_images_per_second: float
     int8_images_per_second: float
     worst_tensors: list[dict[str, Any]] = field(default_factory=list)
+    quantizable_nodes: int = 0
+    """Multiply-add ops the recipe quantizes (Conv, Gemm, MatMuls with a weight)."""
+    fp32_nodes: list[str] = field(default_factory=list)
+    """Those the fallback kept fp32 in the model (the last try's when the gate failed)."""
+    max_fp32_share: float = MAX_FP32_SHARE
+    tries: list[FallbackTry] = field(default_factory=list)
+    """Every model measured, the all-int8 one first."""
 
     @property
     def speedup(self) -> float:
         return self.int8_images_per_second / self.fp32_images_per_second
+
+    def describe_fallback(self) -> str:
+        if not self.fp32_nodes:
+            return f"all {self.quantizable_nodes} multiply-add ops int8"
+        return (
+            f"{len(self.fp32_nodes)} of {self.quantizable_nodes} multiply-add ops kept fp32 "
+            "(those whose inputs int8 represents worst)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -169,6 +211,15 @@ class Int8Report:
             "figures": asdict(self.figures),
             "passed": not self.gate.failures(self.figures),
             "calibration": self.calibration,
+            "fallback": {
+                "quantizable_nodes": self.quantizable_nodes,
+                "max_fp32_share": self.max_fp32_share,
+                "fp32_nodes": list(self.fp32_nodes),
+                "tries": [
+                    {"fp32_nodes": each.fp32_nodes, **_rounded_figures(each.figures)}
+                    for each in self.tries
+                ],
+            },
             "speed": {
                 "batch": SPEED_BATCH,
                 "fp32_images_per_second": round(self.fp32_images_per_second, 2),
@@ -202,11 +253,25 @@ def embedding_fidelity(reference: np.ndarray, candidate: np.ndarray) -> Int8Figu
     )
 
 
-def check_sizes(calibration_size: int, holdout_size: int) -> None:
+def check_options(calibration_size: int, holdout_size: int, max_fp32_share: float) -> None:
+    """Raises FeatxError for sizes the gate cannot work with, a share outside [0, 1] or an ONNX
+    Runtime too old for the calibration cache the fallback reuses."""
     if calibration_size < 1 or holdout_size < MIN_HOLDOUT:
         raise FeatxError(
             f"--calibration-size must be >= 1 and --holdout-size >= {MIN_HOLDOUT}, got "
             f"{calibration_size} and {holdout_size}"
+        )
+    if not 0 <= max_fp32_share <= 1:
+        raise FeatxError(f"--int8-max-fp32 is a share in [0, 1], got {max_fp32_share}")
+    import onnxruntime
+
+    installed = tuple(int(part) for part in onnxruntime.__version__.split(".")[:2])
+    if installed < MIN_ONNXRUNTIME:
+        wanted = ".".join(map(str, MIN_ONNXRUNTIME))
+        raise FeatxError(
+            f"--int8 needs onnxruntime >= {wanted} (its calibration cache); this environment "
+            f"has {onnxruntime.__version__}: upgrade it (pip install -U onnxruntime, or "
+            "onnxruntime-gpu where that is the one installed)"
         )
 
 
@@ -221,55 +286,56 @@ def quantize_int8(
     holdout_size: int = 256,
     gate: Int8Gate | None = None,
     recipe: Int8Recipe | None = None,
+    max_fp32_share: float = MAX_FP32_SHARE,
     workers: int = 0,
+    on_try: Callable[[str], None] | None = None,
 ) -> tuple[onnx.ModelProto, Int8Report]:
     """The int8 model of ``fp32``, calibrated on ``images`` (listed from ``source``) and checked
-    on the ones after them or on ``holdout``, and what it measured; raises Int8GateError (with
-    the figures and the tensors that lost most) when the held-out embeddings leave ``gate``."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
+    on the ones after them or on ``holdout``, and what it measured. Where the all-int8 model
+    leaves ``gate``, up to ``max_fp32_share`` of its multiply-add ops are kept fp32 (module
+    docstring); raises Int8GateError (with the figures and the tensors that lost most) when no
+    try is inside the gate. ``on_try`` hears of each fallback try before it runs."""
     gate = gate or Int8Gate()
     recipe = recipe or recipe_for(cpu_instruction_set())
-    check_sizes(calibration_size, holdout_size)
-    calibration, held_out, calibration_ids = _split(
+    check_options(calibration_size, holdout_size, max_fp32_share)
+    calibration, held_out, calibration_ids = split_images(
         images, holdout, preprocess, calibration_size, holdout_size, workers
     )
-    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }
     with tempfile.TemporaryDirectory(prefix="featx-int8-") as tmp:
-        fp32_path, prepared_path, int8_path = (
-            Path(tmp) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx")
-        )
-        onnx.save(fp32, fp32_path)
-        quant_pre_process(str(fp32_path), str(prepared_path), skip_symbolic_shape=True)
-        kept_fp32 = [] if recipe.activation_matmuls else _activation_matmuls(prepared_path)
-        quantize_static(
-            str(prepared_path),
-            str(int8_path),
-            _BatchReader(calibration),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(recipe.quantized_ops) or None,
-            nodes_to_exclude=kept_fp32,
-            per_channel=recipe.per_channel,
-            reduce_range=recipe.reduce_range,
-            activation_type=types[recipe.activations],
-            weight_type=types[recipe.weights],
-            calibrate_method=methods[recipe.calibration],
-        )
-        int8 = onnx.load(str(int8_path))
+        quantizer = Int8Quantizer(fp32, recipe, calibration, Path(tmp))
         fp32_session = cpu_session(fp32.SerializeToString(), "float32")
+        reference = embed(fp32_session, held_out)
+        int8_path = quantizer.quantize([])
+        tries = [FallbackTry(0, embedding_fidelity(reference, embed_file(int8_path, held_out)))]
+        failed = gate.failures(tries[-1].figures)
+        worst: list[dict[str, Any]] = []
+        fp32_nodes: list[str] = []
+        if failed:
+            errors = quantizer.tensor_errors(int8_path, held_out[:DIAGNOSED_IMAGES])
+            worst = _worst_tensors(errors)
+            ranking = quantizer.fallback_ranking(errors)
+            for count in fallback_counts(len(quantizer.candidates), max_fp32_share):
+                if on_try is not None:
+                    on_try(
+                        f"int8 outside its gate ({', '.join(failed)}): trying with {count} of "
+                        f"{len(quantizer.candidates)} multiply-add ops kept fp32"
+                    )
+                fp32_nodes = ranking[:count]
+                int8_path = quantizer.quantize(fp32_nodes)
+                figures = embedding_fidelity(reference, embed_file(int8_path, held_out))
+                tries.append(FallbackTry(len(fp32_nodes), figures))
+                failed = gate.failures(figures)
+                if not failed:
+                    break
+        int8 = onnx.load(str(int8_path))
         int8_session = cpu_session(int8.SerializeToString(), "int8")
-        figures = embedding_fidelity(_embed(fp32_session, held_out), _embed(int8_session, held_out))
-        fp32_speed, int8_speed = _speeds(fp32_session, int8_session, held_out[:SPEED_BATCH])
+        fp32_speed, int8_speed = alternating_speeds(
+            fp32_session, int8_session, held_out[:SPEED_BATCH]
+        )
         report = Int8Report(
             recipe=recipe,
             gate=gate,
-            figures=figures,
+            figures=tries[-1].figures,
             calibration={
                 "images": len(calibration),
                 "holdout_images": len(held_out),
@@ -278,12 +344,141 @@ def quantize_int8(
             },
             fp32_images_per_second=fp32_speed,
             int8_images_per_second=int8_speed,
+            worst_tensors=worst,
+            quantizable_nodes=len(quantizer.candidates),
+            fp32_nodes=fp32_nodes,
+            max_fp32_share=max_fp32_share,
+            tries=tries,
         )
-        failed = gate.failures(figures)
-        if failed:
-            report.worst_tensors = _worst_tensors(prepared_path, int8_path, held_out, Path(tmp))
-            raise Int8GateError(_gate_message(report, failed), report)
+    if failed:
+        raise Int8GateError(_gate_message(report, failed), report)
     return int8, report
+
+
+def fallback_counts(candidates: int, max_fp32_share: float) -> list[int]:
+    """How many of ``candidates`` ops each fallback try keeps fp32: FALLBACK_STEPS of the
+    allowed share, at least one more each time, none beyond the share."""
+    allowed = math.floor(candidates * max_fp32_share + 1e-9)
+    counts = sorted({min(allowed, max(1, math.ceil(allowed * step))) for step in FALLBACK_STEPS})
+    return [count for count in counts if count > 0]
+
+
+class Int8Quantizer:
+    """ONNX Runtime's quantize_static over one prepared copy of the fp32 model, calibrated once:
+    the ranges are cached in ``folder`` and every later call reuses them."""
+
+    def __init__(
+        self, fp32: onnx.ModelProto, recipe: Int8Recipe, calibration: np.ndarray, folder: Path
+    ):
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        self.recipe = recipe
+        self.calibration = calibration
+        self.folder = folder
+        self.fp32_path = folder / "fp32.onnx"
+        self.prepared_path = folder / "prepared.onnx"
+        self.cache_path = folder / "calibration.json"
+        self.tries = 0
+        onnx.save(fp32, self.fp32_path)
+        quant_pre_process(str(self.fp32_path), str(self.prepared_path), skip_symbolic_shape=True)
+        self.prepared = _named_nodes(onnx.load(str(self.prepared_path)))
+        onnx.save(self.prepared, self.prepared_path)
+        self.weights = weight_names(self.prepared)
+        self.shapes = _shapes(self.prepared)
+        quantized_ops = set(recipe.quantized_ops)
+        # Attention's MatMuls of two activations, fp32 unless the recipe quantizes them.
+        self.fp32_matmuls = [
+            node.name
+            for node in self.prepared.graph.node
+            if node.op_type == "MatMul"
+            and not self.weights & set(node.input)
+            and not recipe.activation_matmuls
+        ]
+        self.candidates = [
+            node
+            for node in self.prepared.graph.node
+            if node.op_type in ("Conv", "MatMul", "Gemm")
+            and (not quantized_ops or node.op_type in quantized_ops)
+            and node.name not in self.fp32_matmuls
+        ]
+
+    def activation_input(self, node: onnx.NodeProto) -> str:
+        """The name of ``node``'s first input that is not a weight."""
+        return next((name for name in node.input if name not in self.weights), "")
+
+    def values(self, tensor: str) -> int:
+        """Values per image of ``tensor`` (0 where shape inference left its shape unknown)."""
+        shape = self.shapes.get(tensor)
+        return math.prod(shape[1:]) if shape else 0
+
+    def quantize(self, fp32_nodes: list[str]) -> Path:
+        """Writes the int8 model with ``fp32_nodes`` (and attention's activation MatMuls, per
+        the recipe) left fp32 and returns its path."""
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+
+        types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+        methods = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }
+        self.tries += 1
+        path = self.folder / f"int8-{self.tries}.onnx"
+        quantize_static(
+            str(self.prepared_path),
+            str(path),
+            _BatchReader(self.calibration),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(self.recipe.quantized_ops) or None,
+            nodes_to_exclude=self.fp32_matmuls + fp32_nodes,
+            per_channel=self.recipe.per_channel,
+            reduce_range=self.recipe.reduce_range,
+            activation_type=types[self.recipe.activations],
+            weight_type=types[self.recipe.weights],
+            calibrate_method=methods[self.recipe.calibration],
+            calibration_cache_path=str(self.cache_path),
+        )
+        return path
+
+    def tensor_errors(self, int8_path: Path, images: np.ndarray) -> dict[str, dict[str, float]]:
+        """Per activation: ``qdq_err``, the signal to quantization noise ratio (dB) of its own
+        int8 rounding, and ``xmodel_err``, of its int8-model value against the fp32 model's
+        (ONNX Runtime's QDQ debugging tools), on ``images``."""
+        from onnxruntime.quantization.qdq_loss_debug import (
+            collect_activations,
+            compute_activation_error,
+            create_activation_matching,
+            modify_model_output_intermediate_tensors,
+        )
+
+        activations = {}
+        for name, path in (("fp32", self.prepared_path), ("int8", int8_path)):
+            augmented = self.folder / f"{name}-augmented.onnx"
+            modify_model_output_intermediate_tensors(str(path), str(augmented))
+            activations[name] = collect_activations(str(augmented), _BatchReader(images))
+        matching = create_activation_matching(activations["int8"], activations["fp32"])
+        return {
+            tensor: {kind: float(value) for kind, value in error.items()}
+            for tensor, error in compute_activation_error(matching).items()
+        }
+
+    def fallback_ranking(self, errors: dict[str, dict[str, float]]) -> list[str]:
+        """The quantizable ops, the first to keep fp32 first: lowest signal to quantization
+        noise of their activation input for the values they read and write (module
+        docstring)."""
+        scored = []
+        for node in self.candidates:
+            activation = self.activation_input(node)
+            sqnr = errors.get(activation, {}).get("qdq_err")
+            if sqnr is not None:
+                values = self.values(activation) + self.values(node.output[0])
+                scored.append((sqnr + 10 * math.log10(max(values, 1)), node.name))
+        return [name for _, name in sorted(scored)]
 
 
 class _BatchReader:
@@ -309,7 +504,7 @@ class _BatchReader:
         return iter(self.get_next, None)
 
 
-def _split(
+def split_images(
     images: Inputs,
     holdout: Inputs | None,
     preprocess: Preprocess,
@@ -356,28 +551,40 @@ def _usable_images(
     return np.concatenate(tensors)[:count], [listed.ids[i] for i in chosen[:count]]
 
 
-def _activation_matmuls(path: Path) -> list[str]:
-    """The MatMul nodes of the model at ``path`` with no weight (initializer) input; unnamed
-    nodes get a name there, since ONNX Runtime's quantizer excludes nodes by name."""
-    model = onnx.load(str(path))
-    weights = {init.name for init in model.graph.initializer}
-    weights |= {
+def _named_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with a name on every node: ONNX Runtime's quantizer excludes nodes by name."""
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"featx_{node.op_type.lower()}_{index}"
+    return model
+
+
+def weight_names(model: onnx.ModelProto) -> set[str]:
+    names = {init.name for init in model.graph.initializer}
+    return names | {
         out for node in model.graph.node if node.op_type == "Constant" for out in node.output
     }
-    names = []
-    renamed = False
-    for index, node in enumerate(model.graph.node):
-        if node.op_type == "MatMul" and not weights & set(node.input):
-            if not node.name:
-                node.name = f"featx_matmul_{index}"
-                renamed = True
-            names.append(node.name)
-    if renamed:
-        onnx.save(model, str(path))
-    return names
 
 
-def _embed(session: Any, images: np.ndarray) -> np.ndarray:
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Per-image shapes of the model's tensors that shape inference knows (symbolic dimensions,
+    the batch, count as 1)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    values = [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
+    for value in values:
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [dim.dim_value if dim.HasField("dim_value") else 1 for dim in dims]
+    for init in inferred.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def embed_file(path: Path, images: np.ndarray) -> np.ndarray:
+    return embed(cpu_session(path.read_bytes(), "int8"), images)
+
+
+def embed(session: Any, images: np.ndarray) -> np.ndarray:
     parts = [
         session.run([OUTPUT_NAME], {INPUT_NAME: images[start : start + CALIBRATION_BATCH]})[0]
         for start in range(0, len(images), CALIBRATION_BATCH)
@@ -385,7 +592,9 @@ def _embed(session: Any, images: np.ndarray) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-def _speeds(fp32_session: Any, int8_session: Any, batch: np.ndarray) -> tuple[float, float]:
+def alternating_speeds(
+    fp32_session: Any, int8_session: Any, batch: np.ndarray
+) -> tuple[float, float]:
     """Model-only images/s of both sessions on one small batch, timed alternately (a noisy
     machine disturbs both alike), median of SPEED_REPEATS after a warm-up run each."""
     times: dict[int, list[float]] = {0: [], 1: []}
@@ -400,28 +609,11 @@ def _speeds(fp32_session: Any, int8_session: Any, batch: np.ndarray) -> tuple[fl
     return len(batch) / statistics.median(times[0]), len(batch) / statistics.median(times[1])
 
 
-def _worst_tensors(
-    fp32_path: Path, int8_path: Path, images: np.ndarray, tmp: Path
-) -> list[dict[str, Any]]:
-    """The activations whose int8 values lost most against the fp32 model's (signal to
-    quantization noise ratio, dB; ONNX Runtime's QDQ debugging tools), on a few images."""
-    from onnxruntime.quantization.qdq_loss_debug import (
-        collect_activations,
-        compute_activation_error,
-        create_activation_matching,
-        modify_model_output_intermediate_tensors,
-    )
-
-    few = images[:DIAGNOSED_IMAGES]
-    activations = {}
-    for name, path in (("fp32", fp32_path), ("int8", int8_path)):
-        augmented = tmp / f"{name}-augmented.onnx"
-        modify_model_output_intermediate_tensors(str(path), str(augmented))
-        activations[name] = collect_activations(str(augmented), _BatchReader(few))
-    matching = create_activation_matching(activations["int8"], activations["fp32"])
-    errors = compute_activation_error(matching)
+def _worst_tensors(errors: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """The WORST_TENSORS activations whose int8-model values lost most against the fp32 model's
+    (signal to quantization noise ratio, dB)."""
     ranked = sorted(
-        (float(err["xmodel_err"]), name) for name, err in errors.items() if "xmodel_err" in err
+        (error["xmodel_err"], name) for name, error in errors.items() if "xmodel_err" in error
     )
     return [{"tensor": name, "sqnr_db": round(db, 2)} for db, name in ranked[:WORST_TENSORS]]
 
@@ -437,14 +629,29 @@ def _gate_message(report: Int8Report, failed: list[str]) -> str:
             "int8's rounding reorders their neighbours (is it trained, and for images like "
             "these?)."
         )
+    tries = "; ".join(
+        f"{each.fp32_nodes} fp32: min cosine {each.figures.min_cosine:.6f}, mean "
+        f"{each.figures.mean_cosine:.6f}, recall@10 {each.figures.recall_at_10:.4f}"
+        for each in report.tries
+    )
     return (
         f"the int8 model failed its fidelity gate on {fig.rows} held-out images: "
-        f"{', '.join(failed)} (min cosine {fig.min_cosine:.6f}, mean {fig.mean_cosine:.6f}, "
-        f"recall@10 {fig.recall_at_10:.4f}; recipe {report.recipe.describe()}). Tensors that lost "
-        f"most (signal to quantization noise, lower is worse): {worst or 'none found'}.{crowded} "
-        "Nothing was written. Calibrate on images like the ones you will extract (more of them, "
-        "--calibration-size), or keep the fp32 export."
+        f"{', '.join(failed)}. Tried, of {report.quantizable_nodes} multiply-add ops, with this "
+        f"many kept fp32 (--int8-max-fp32 {report.max_fp32_share}): {tries}. Recipe "
+        f"{report.recipe.describe()}. Tensors that lost most in the all-int8 model (signal to "
+        f"quantization noise, lower is worse): {worst or 'none found'}.{crowded} Nothing was "
+        "written. Calibrate on images like the ones you will extract (more of them, "
+        "--calibration-size), allow more ops to stay fp32 (--int8-max-fp32), or keep the fp32 "
+        "export."
     )
+
+
+def _rounded_figures(figures: Int8Figures) -> dict[str, float]:
+    return {
+        "min_cosine": round(figures.min_cosine, 6),
+        "mean_cosine": round(figures.mean_cosine, 6),
+        "recall_at_10": round(figures.recall_at_10, 4),
+    }
 
 
 def _fingerprint(inputs_fingerprint: str, ids: list[str]) -> str:

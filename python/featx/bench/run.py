@@ -268,10 +268,13 @@ class Bench:
 
 
 def _int8_parity(report: Int8Report) -> dict:
-    """An int8 model row's parity: its export gate's figures on held-out photos."""
+    """An int8 model row's parity: its export gate's figures on held-out photos, and how many of
+    its multiply-add ops the fallback kept fp32 to pass it."""
     failures = report.gate.failures(report.figures)
     return {
         **asdict(report.figures),
+        "fp32_ops": len(report.fp32_nodes),
+        "quantizable_ops": report.quantizable_nodes,
         "max_rel": None,
         "gate": asdict(report.gate),
         "passed": not failures,
