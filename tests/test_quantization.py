@@ -107,6 +107,7 @@ def test_too_few_images_for_calibration_and_gate_is_a_clear_error(make_checkpoin
         (["--int8", "--calibrate", "no-such-folder"], "no-such-folder"),
         (["--int8", "--calibrate", "photos", "--holdout-size", "20"], "--holdout-size >= 50"),
         (["--int8", "--calibrate", "photos", "--int8-max-fp32", "1.5"], "a share in [0, 1]"),
+        (["--int8-target", "x86-avx2"], "--int8-target is for --int8"),
     ],
 )
 def test_bad_int8_options_exit_2_before_any_work(make_checkpoint, tmp_path, capsys, argv, message):
@@ -196,6 +197,37 @@ def test_recall_at_10_counts_the_reference_neighbours_kept():
     figures = embedding_fidelity(reference, swapped)
     assert figures.recall_at_10 == pytest.approx(0.9)
     assert figures.min_cosine == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_full_range_int8_file_is_refused_on_a_cpu_without_vnni_and_an_avx2_one_runs(
+    make_checkpoint, photos, tmp_path, monkeypatch, capsys
+):
+    """A file made for VNNI CPUs keeps 8-bit weights, which an x86 CPU without VNNI overflows:
+    featx.Runner and featx extract refuse it there, before any output, naming the way out;
+    the file made with --int8-target x86-avx2 (7-bit weights) runs on both."""
+    from featx.cli import main
+
+    checkpoint, _ = make_checkpoint("small_cnn")
+    for target in ("x86-vnni", "x86-avx2"):
+        featx.export(
+            checkpoint,
+            tmp_path / f"{target}.onnx",
+            int8=True,
+            calibrate=photos,
+            int8_target=target,
+            **SIZES,
+        )
+        recipe = read_metadata(tmp_path / f"{target}.onnx").int8["recipe"]
+        assert recipe["instruction_set"] == target
+        assert recipe["reduce_range"] is (target == "x86-avx2")
+    monkeypatch.setattr("featx.runtime.instruction_set.cpu_instruction_set", lambda: "x86-avx2")
+    with pytest.raises(FeatxError, match="--int8-target x86-avx2"):
+        featx.Runner(tmp_path / "x86-vnni.onnx")
+    out = tmp_path / "features"
+    assert main(["extract", str(tmp_path / "x86-vnni.onnx"), str(photos), "-o", str(out)]) == 2
+    assert "made for x86-vnni CPUs" in capsys.readouterr().err
+    assert not out.exists()
+    assert featx.Runner(tmp_path / "x86-avx2.onnx").embedding_dim == 128
 
 
 def test_the_recipe_keeps_8_bit_weights_only_where_the_cpu_has_vnni():

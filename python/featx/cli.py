@@ -75,6 +75,11 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SHARE",
         help="--int8: share of the multiply-add ops that may stay fp32 to pass the gate (0: none)",
     )
+    parser.add_argument(
+        "--int8-target",
+        choices=("x86-vnni", "x86-avx2", "x86", "arm"),
+        help="--int8: the CPUs the file is for (default: this machine's; x86-avx2 runs anywhere)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -178,6 +183,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             holdout_size=args.holdout_size,
             int8_gate=Int8Gate(args.int8_mean_cosine, args.int8_min_cosine, args.int8_recall),
             int8_max_fp32=args.int8_max_fp32,
+            int8_target=args.int8_target,
             on_stage=lambda text: status.update(text),
         )
     summary = {

@@ -40,7 +40,9 @@ from featx.quantization import (
     Int8Gate,
     Int8Report,
     check_options,
+    cpu_instruction_set,
     quantize_int8,
+    recipe_for,
 )
 from featx.runtime.errors import FeatxError, ParityError
 from featx.runtime.files import write_atomic
@@ -105,6 +107,7 @@ def export(
     holdout_size: int = 256,
     int8_gate: Int8Gate | None = None,
     int8_max_fp32: float = MAX_FP32_SHARE,
+    int8_target: str | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Exports ``model`` (a model file) to a verified ONNX file and returns what was measured.
@@ -114,7 +117,8 @@ def export(
     featx extract reads them) and checked against the fp32 export on up to ``holdout_size``
     others (after them in ``calibrate``, or of ``holdout``) by ``int8_gate``; where the all-int8
     model fails it, up to ``int8_max_fp32`` of its multiply-add ops are kept fp32, those whose
-    inputs int8 represents worst (featx.quantization).
+    inputs int8 represents worst (featx.quantization). The int8 recipe suits the CPUs of
+    ``int8_target`` (an instruction set; default: this machine's).
 
     Raises FeatxError for bad input (nothing written) and ParityError when ONNX Runtime's output
     leaves the parity gate or the int8 model its fidelity gate (nothing written; the figures are
@@ -131,9 +135,12 @@ def export(
         raise FeatxError("--int8 needs --calibrate IMAGES: images like the ones you will extract.")
     if (calibrate is not None or holdout is not None) and not int8:
         raise FeatxError("--calibrate and --holdout are for --int8: add --int8, or drop them.")
+    if int8_target is not None and not int8:
+        raise FeatxError("--int8-target is for --int8: add --int8, or drop it.")
     # Checked and listed before the slow steps, so that a wrong value or path fails at once.
     if int8:
         check_options(calibration_size, holdout_size, int8_max_fp32)
+    recipe = recipe_for(int8_target or cpu_instruction_set()) if int8 else None
     calibration_images = read_inputs(calibrate) if calibrate is not None else None
     holdout_images = read_inputs(holdout) if holdout is not None else None
 
@@ -201,6 +208,7 @@ def export(
             calibration_size=calibration_size,
             holdout_size=holdout_size,
             gate=int8_gate,
+            recipe=recipe,
             max_fp32_share=int8_max_fp32,
             on_try=stage,
         )

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -42,6 +41,7 @@ import onnx
 
 from featx.runtime.errors import FeatxError, ParityError
 from featx.runtime.inputs import Inputs
+from featx.runtime.instruction_set import INSTRUCTION_SETS, SATURATING, cpu_instruction_set
 from featx.runtime.metadata import Preprocess
 from featx.runtime.ort_config import cpu_session
 from featx.runtime.preprocessed import preprocessed_batches
@@ -113,23 +113,14 @@ class Int8Recipe:
         )
 
 
-def cpu_instruction_set() -> str:
-    """The instruction set that decides the recipe: "x86-vnni", "x86-avx2", "x86" or "arm"."""
-    machine = platform.machine().lower()
-    if machine in ("arm64", "aarch64"):
-        return "arm"
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
-    if flags & {"avx512_vnni", "avx_vnni"}:
-        return "x86-vnni"
-    return "x86-avx2" if "avx2" in flags else "x86"
-
-
 def recipe_for(instruction_set: str) -> Int8Recipe:
-    """The default recipe on ``instruction_set`` (cpu_instruction_set)."""
-    return Int8Recipe(instruction_set, reduce_range=instruction_set in ("x86-avx2", "x86"))
+    """The recipe for CPUs of ``instruction_set`` (one of INSTRUCTION_SETS): 7-bit weights where
+    their int8 kernels saturate (featx.runtime.instruction_set)."""
+    if instruction_set not in INSTRUCTION_SETS:
+        raise FeatxError(
+            f"unknown int8 target {instruction_set!r}: one of {', '.join(INSTRUCTION_SETS)}"
+        )
+    return Int8Recipe(instruction_set, reduce_range=instruction_set in SATURATING)
 
 
 @dataclass(frozen=True)

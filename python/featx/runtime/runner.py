@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from featx.runtime.errors import FeatxError
+from featx.runtime.instruction_set import check_int8_runs_here
 from featx.runtime.metadata import ModelMetadata, read_metadata
 from featx.runtime.native import native
 from featx.runtime.ort_config import cpu_optimization_level
@@ -38,7 +39,10 @@ class Runner:
         # layout optimiser crashes ORT on fp16 ViT), which only the metadata says, and ORT reads
         # metadata only by loading the model: an unoptimised load first (ResNet-50: ~40 ms warm,
         # about what the real session's load costs), then the session, which reads it again.
-        level = cpu_optimization_level(read_metadata(path).dtype) if device == "cpu" else "all"
+        stored = read_metadata(path)
+        # On any device: int8 ops the CUDA provider lacks run on the CPU's kernels.
+        check_int8_runs_here(stored.int8, str(path))
+        level = cpu_optimization_level(stored.dtype) if device == "cpu" else "all"
         try:
             self._session = native().Session(str(path), device, threads, level, True, spinning)
         except RuntimeError as err:
