@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from featx.runtime.errors import FeatxError, missing_extra
+from featx.runtime.instruction_set import INSTRUCTION_SETS
 
 if TYPE_CHECKING:
     from featx.quantization import Int8Report
@@ -77,7 +78,7 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--int8-target",
-        choices=("x86-vnni", "x86-avx2", "x86", "arm"),
+        choices=INSTRUCTION_SETS,
         help="--int8: the CPUs the file is for (default: this machine's; x86-avx2 runs anywhere)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -40,13 +40,13 @@ from featx.quantization import (
     Int8Gate,
     Int8Report,
     check_options,
-    cpu_instruction_set,
     quantize_int8,
     recipe_for,
 )
 from featx.runtime.errors import FeatxError, ParityError
 from featx.runtime.files import write_atomic
 from featx.runtime.inputs import read_inputs
+from featx.runtime.instruction_set import cpu_instruction_set
 from featx.runtime.metadata import ModelMetadata, Preprocess
 from featx.runtime.ort_config import cpu_session
 

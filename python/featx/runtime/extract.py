@@ -190,8 +190,14 @@ def extract(
             with _progress_bar(console, progress, len(listed), resumed_inputs) as advance:
                 if runner is not None:
                     extraction = ShardExtraction(runner, writer, listed, shard_size, pending)
-                    for entry in extraction.run(batch_size, workers, advance, console):
-                        record(entry)
+                    shards = extraction.run(batch_size, workers, advance, console)
+                    for entry in shards:
+                        try:
+                            record(entry)
+                        except KeyboardInterrupt as err:
+                            # Ctrl-C while a shard is recorded: the extraction stops its
+                            # workers (and says what it waits on) as for one during a batch.
+                            shards.throw(err)
                 else:
                     shard_job = ShardJob(
                         os.getcwd(),
