@@ -214,8 +214,13 @@ def test_sigkill_at_any_moment_then_resume_gives_identical_output(model, held_co
 def test_ctrl_c_keeps_finished_shards_and_resumes(model, held_corpus, tmp_path):
     inputs, release = held_corpus
     out = tmp_path / "out"
+    # Ctrl-C's default action, even where the suite runs in a background job (whose shell
+    # ignores SIGINT, which children inherit and Python then leaves ignored).
     process = subprocess.Popen(
-        _extract_command(model, inputs, out), stderr=subprocess.PIPE, bufsize=0
+        _extract_command(model, inputs, out),
+        stderr=subprocess.PIPE,
+        bufsize=0,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     finishable = HELD_AT // SHARD_SIZE
     _wait_for_shards(out, finishable, process)
