@@ -39,7 +39,6 @@ from featx.quantization import (
     Int8Gate,
     Int8Quantizer,
     alternating_speeds,
-    cpu_instruction_set,
     embed,
     embed_file,
     embedding_fidelity,
@@ -48,6 +47,7 @@ from featx.quantization import (
     split_images,
 )
 from featx.runtime.inputs import read_inputs
+from featx.runtime.instruction_set import cpu_instruction_set
 from featx.runtime.ort_config import cpu_session
 from featx.testing.models import randomize_batchnorm
 

@@ -153,7 +153,8 @@ def main() -> None:
         return
 
     from featx.bench.report import show_and_write_rows
-    from featx.quantization import cpu_instruction_set, embedding_fidelity
+    from featx.quantization import embedding_fidelity
+    from featx.runtime.instruction_set import cpu_instruction_set
 
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:

@@ -5,7 +5,7 @@ ResNet-50 for the CNN settings, ViT-B/16 for attention's.
 
     python benchmarks/int8_recipes.py --output benchmarks/results/int8-recipes-cpu.json
 
-The instruction set of the machine is in every row (featx.quantization.cpu_instruction_set):
+The instruction set of the machine is in every row (featx.runtime.instruction_set):
 the reduce_range row is what a machine of the other kind would default to.
 """
 
@@ -25,8 +25,9 @@ from featx.bench.corpus import make_corpus
 from featx.bench.report import show_and_write_rows
 from featx.models import get_extractor
 from featx.models.checkpoint import save_checkpoint
-from featx.quantization import Int8Gate, cpu_instruction_set, quantize_int8, recipe_for
+from featx.quantization import Int8Gate, quantize_int8, recipe_for
 from featx.runtime.inputs import read_inputs
+from featx.runtime.instruction_set import cpu_instruction_set
 from featx.testing.models import randomize_batchnorm
 
 VARIANTS = {
