@@ -20,19 +20,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import onnx
-import torch
 from rich.console import Console
 
 import featx
-from featx.bench.corpus import make_corpus
+from featx.bench.corpus import rows_over_photos
 from featx.bench.report import show_and_write_rows
-from featx.models import get_extractor
-from featx.models.checkpoint import save_checkpoint
 from featx.quantization import (
     DIAGNOSED_IMAGES,
     MAX_FP32_SHARE,
@@ -49,22 +45,11 @@ from featx.quantization import (
 from featx.runtime.inputs import read_inputs
 from featx.runtime.instruction_set import cpu_instruction_set
 from featx.runtime.ort_config import cpu_session
-from featx.testing.models import randomize_batchnorm
+from featx.testing.models import random_batchnorm_checkpoint
 
 ARCHS = ("vit_b_16", "resnet50")
 PHOTOS = 384
 Errors = dict[str, dict[str, float]]
-
-
-def by_input_sqnr(
-    quantizer: Int8Quantizer, errors: Errors, cost: Callable[[onnx.NodeProto], float]
-) -> list[str]:
-    scored = []
-    for node in quantizer.candidates:
-        sqnr = errors.get(quantizer.activation_input(node), {}).get("qdq_err")
-        if sqnr is not None:
-            scored.append((sqnr + 10 * math.log10(max(cost(node), 1.0)), node.name))
-    return [name for _, name in sorted(scored)]
 
 
 def multiply_adds(quantizer: Int8Quantizer, node: onnx.NodeProto) -> float:
@@ -91,19 +76,20 @@ def last_first(quantizer: Int8Quantizer, errors: Errors) -> list[str]:
 
 RANKINGS: dict[str, Callable[[Int8Quantizer, Errors], list[str]]] = {
     "per_value": lambda quantizer, errors: quantizer.fallback_ranking(errors),
-    "per_multiply_add": lambda quantizer, errors: by_input_sqnr(
-        quantizer, errors, lambda node: multiply_adds(quantizer, node)
+    "per_multiply_add": lambda quantizer, errors: quantizer.ranking_by_input_sqnr(
+        errors, lambda node: multiply_adds(quantizer, node)
     ),
-    "input_sqnr": lambda quantizer, errors: by_input_sqnr(quantizer, errors, lambda node: 1.0),
+    "input_sqnr": lambda quantizer, errors: quantizer.ranking_by_input_sqnr(
+        errors, lambda node: 1.0
+    ),
     "model_error": model_error,
     "last_first": last_first,
 }
 
 
 def fallback_rows(arch: str, folder: Path, photos: Path, console: Console) -> list[dict]:
-    torch.manual_seed(0)
-    model = randomize_batchnorm(get_extractor(arch).build_model())
-    fp32 = featx.export(save_checkpoint(folder / f"{arch}.pt", model, arch), folder / "fp32.onnx")
+    checkpoint = random_batchnorm_checkpoint(arch, folder / f"{arch}.pt")
+    fp32 = featx.export(checkpoint, folder / "fp32.onnx")
     proto = onnx.load(str(fp32.path))
     calibration, held_out, _ = split_images(
         read_inputs(photos), None, fp32.metadata.preprocess, 128, 256, 0
@@ -151,14 +137,14 @@ def main() -> None:
     parser.add_argument("--arch", nargs="*", default=list(ARCHS))
     args = parser.parse_args()
 
-    rows: list[dict] = []
     console = Console(width=200)
-    with tempfile.TemporaryDirectory() as tmp:
-        photos = Path(tmp) / "photos"
-        make_corpus(photos, count=PHOTOS)
-        for arch in args.arch:
-            with console.status(f"{arch}: fallback rankings"):
-                rows += fallback_rows(arch, Path(tmp), photos, console)
+    rows = rows_over_photos(
+        args.arch,
+        lambda arch, folder, photos: fallback_rows(arch, folder, photos, console),
+        console,
+        "fallback rankings",
+        PHOTOS,
+    )
     show_and_write_rows(console, "int8 fallback: which ops to keep fp32 first", rows, args.output)
 
 

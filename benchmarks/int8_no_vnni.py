@@ -95,17 +95,14 @@ def prepare_models(folder: Path, archs: list[str], console: Console) -> list[dic
     """fp32 exports, their held-out tensors and fp32 embeddings, and one int8 file per recipe
     (quantized here, calibrated once per model), under ``folder``/models/ARCH/."""
     import onnx
-    import torch
 
     import featx
     from featx.bench.corpus import make_corpus
     from featx.data.digits import write_digits
-    from featx.models import get_extractor
-    from featx.models.checkpoint import save_checkpoint
     from featx.quantization import Int8Quantizer, embed, recipe_for, split_images
     from featx.runtime.inputs import read_inputs
     from featx.runtime.ort_config import cpu_session
-    from featx.testing.models import randomize_batchnorm
+    from featx.testing.models import random_batchnorm_checkpoint
     from featx.training import train
 
     photos, digits = folder / "photos", folder / "digits"
@@ -117,9 +114,8 @@ def prepare_models(folder: Path, archs: list[str], console: Console) -> list[dic
             trained = train(digits, "small_cnn", folder / "small_cnn.pt", epochs=4, augment="light")
             checkpoint, images = trained.checkpoint, digits
         else:
-            torch.manual_seed(0)
-            model = randomize_batchnorm(get_extractor(arch).build_model())
-            checkpoint, images = save_checkpoint(folder / f"{arch}.pt", model, arch), photos
+            checkpoint = random_batchnorm_checkpoint(arch, folder / f"{arch}.pt")
+            images = photos
         work, quantizing = folder / "models" / arch, folder / "quantizing" / arch
         work.mkdir(parents=True)
         quantizing.mkdir(parents=True)

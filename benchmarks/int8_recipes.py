@@ -13,22 +13,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import tempfile
 from pathlib import Path
 
 import onnx
-import torch
 from rich.console import Console
 
 import featx
-from featx.bench.corpus import make_corpus
+from featx.bench.corpus import rows_over_photos
 from featx.bench.report import show_and_write_rows
-from featx.models import get_extractor
-from featx.models.checkpoint import save_checkpoint
 from featx.quantization import Int8Gate, quantize_int8, recipe_for
 from featx.runtime.inputs import read_inputs
 from featx.runtime.instruction_set import cpu_instruction_set
-from featx.testing.models import randomize_batchnorm
+from featx.testing.models import random_batchnorm_checkpoint
 
 VARIANTS = {
     "default": {},
@@ -50,9 +46,7 @@ NO_GATE = Int8Gate(mean_cosine=0.0, min_cosine=-1.0, recall_at_10=0.0)
 
 
 def recipe_rows(arch: str, folder: Path, photos: Path, console: Console) -> list[dict]:
-    torch.manual_seed(0)
-    model = randomize_batchnorm(get_extractor(arch).build_model())
-    checkpoint = save_checkpoint(folder / f"{arch}.pt", model, arch)
+    checkpoint = random_batchnorm_checkpoint(arch, folder / f"{arch}.pt")
     fp32 = featx.export(checkpoint, folder / f"{arch}.onnx")
     proto = onnx.load(str(fp32.path))
     images = read_inputs(photos)
@@ -89,14 +83,14 @@ def main() -> None:
     parser.add_argument("--arch", nargs="*", default=list(VARIANTS_OF), choices=list(VARIANTS_OF))
     args = parser.parse_args()
 
-    rows: list[dict] = []
     console = Console(width=200)
-    with tempfile.TemporaryDirectory() as tmp:
-        photos = Path(tmp) / "photos"
-        make_corpus(photos, count=PHOTOS)
-        for arch in args.arch:
-            with console.status(f"{arch}: {len(VARIANTS_OF[arch])} recipes"):
-                rows += recipe_rows(arch, Path(tmp), photos, console)
+    rows = rows_over_photos(
+        args.arch,
+        lambda arch, folder, photos: recipe_rows(arch, folder, photos, console),
+        console,
+        "recipes",
+        PHOTOS,
+    )
     show_and_write_rows(console, "int8 recipes (one setting changed at a time)", rows, args.output)
 
 

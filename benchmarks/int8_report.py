@@ -23,17 +23,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 
 import featx
 from featx.bench.corpus import make_corpus
 from featx.bench.report import show_and_write_rows
 from featx.data.digits import write_digits
-from featx.models import get_extractor
-from featx.models.checkpoint import save_checkpoint
 from featx.quantization import Int8GateError
-from featx.testing.models import randomize_batchnorm
+from featx.testing.models import random_batchnorm_checkpoint
 from featx.training import train
 
 ARCHS = ("resnet18", "resnet50", "vgg16", "mobilenet_v3_large", "efficientnet_b0", "vit_b_16")
@@ -99,12 +96,6 @@ def int8_row(
     }
 
 
-def curated_checkpoint(arch: str, folder: Path) -> Path:
-    torch.manual_seed(0)
-    model = randomize_batchnorm(get_extractor(arch).build_model())
-    return save_checkpoint(folder / f"{arch}.pt", model, arch)
-
-
 def digits_checkpoints(folder: Path, console: Console) -> tuple[Path, dict[str, Path]]:
     """scikit-learn's digits as JPEGs, and small_cnn trained on them (as `featx demo` trains
     it) and at random initialisation: a model that tells its images apart, and one that may not."""
@@ -114,7 +105,9 @@ def digits_checkpoints(folder: Path, console: Console) -> tuple[Path, dict[str, 
     console.print(f"small_cnn trained on digits: val accuracy {trained.best_val_accuracy:.3f}")
     return digits, {
         "small_cnn (trained, digits)": trained.checkpoint,
-        "small_cnn (random, digits)": curated_checkpoint("small_cnn", folder),
+        "small_cnn (random, digits)": random_batchnorm_checkpoint(
+            "small_cnn", folder / "small_cnn.pt"
+        ),
     }
 
 
@@ -140,7 +133,7 @@ def main() -> None:
         make_corpus(photos, count=PHOTOS)
         for arch in args.arch:
             with console.status(f"exporting {arch} fp32 and int8"):
-                checkpoint = curated_checkpoint(arch, folder)
+                checkpoint = random_batchnorm_checkpoint(arch, folder / f"{arch}.pt")
                 rows.append(
                     int8_row(arch, checkpoint, folder, photos, args.batch_size, args.repeats)
                 )

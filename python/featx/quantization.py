@@ -25,6 +25,7 @@ to 1.35x (early layers: few multiply-adds, large tensors), ranked per value to 1
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -296,30 +297,29 @@ def quantize_int8(
         quantizer = Int8Quantizer(fp32, recipe, calibration, Path(tmp))
         fp32_session = cpu_session(fp32.SerializeToString(), "float32")
         reference = embed(fp32_session, held_out)
-        int8_path = quantizer.quantize([])
-        tries = [FallbackTry(0, embedding_fidelity(reference, embed_file(int8_path, held_out)))]
-        failed = gate.failures(tries[-1].figures)
+        tries: list[FallbackTry] = []
         worst: list[dict[str, Any]] = []
-        fp32_nodes: list[str] = []
-        if failed:
-            errors = quantizer.tensor_errors(int8_path, held_out[:DIAGNOSED_IMAGES])
-            worst = _worst_tensors(errors)
-            ranking = quantizer.fallback_ranking(errors)
-            for count in fallback_counts(len(quantizer.candidates), max_fp32_share):
-                if on_try is not None:
-                    on_try(
-                        f"int8 outside its gate ({', '.join(failed)}): trying with {count} of "
-                        f"{len(quantizer.candidates)} multiply-add ops kept fp32"
-                    )
-                fp32_nodes = ranking[:count]
-                int8_path = quantizer.quantize(fp32_nodes)
-                figures = embedding_fidelity(reference, embed_file(int8_path, held_out))
-                tries.append(FallbackTry(len(fp32_nodes), figures))
-                failed = gate.failures(figures)
-                if not failed:
-                    break
+        ranking: list[str] = []
+        failed: list[str] = []
+        for count in [0, *fallback_counts(len(quantizer.candidates), max_fp32_share)]:
+            if count and on_try is not None:
+                on_try(
+                    f"int8 outside its gate ({', '.join(failed)}): trying with {count} of "
+                    f"{len(quantizer.candidates)} multiply-add ops kept fp32"
+                )
+            fp32_nodes = ranking[:count]
+            int8_path = quantizer.quantize(fp32_nodes)
+            int8_session = cpu_session(int8_path.read_bytes(), "int8")
+            figures = embedding_fidelity(reference, embed(int8_session, held_out))
+            tries.append(FallbackTry(len(fp32_nodes), figures))
+            failed = gate.failures(figures)
+            if not failed:
+                break
+            if not count:
+                errors = quantizer.tensor_errors(int8_path, held_out[:DIAGNOSED_IMAGES])
+                worst = _worst_tensors(errors)
+                ranking = quantizer.fallback_ranking(errors)
         int8 = onnx.load(str(int8_path))
-        int8_session = cpu_session(int8.SerializeToString(), "int8")
         fp32_speed, int8_speed = alternating_speeds(
             fp32_session, int8_session, held_out[:SPEED_BATCH]
         )
@@ -375,7 +375,6 @@ class Int8Quantizer:
         self.prepared = _named_nodes(onnx.load(str(self.prepared_path)))
         onnx.save(self.prepared, self.prepared_path)
         self.weights = weight_names(self.prepared)
-        self.shapes = _shapes(self.prepared)
         quantized_ops = set(recipe.quantized_ops)
         # Attention's MatMuls of two activations, fp32 unless the recipe quantizes them.
         self.fp32_matmuls = [
@@ -392,6 +391,20 @@ class Int8Quantizer:
             and (not quantized_ops or node.op_type in quantized_ops)
             and node.name not in self.fp32_matmuls
         ]
+
+    @functools.cached_property
+    def shapes(self) -> dict[str, list[int]]:
+        """Per-image shapes of the prepared model's tensors that shape inference knows (symbolic
+        dimensions, the batch, count as 1); inferred only when a fallback ranks ops."""
+        inferred = onnx.shape_inference.infer_shapes(self.prepared)
+        shapes = {}
+        values = [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
+        for value in values:
+            dims = value.type.tensor_type.shape.dim
+            shapes[value.name] = [dim.dim_value if dim.HasField("dim_value") else 1 for dim in dims]
+        for init in inferred.graph.initializer:
+            shapes[init.name] = list(init.dims)
+        return shapes
 
     def activation_input(self, node: onnx.NodeProto) -> str:
         """The name of ``node``'s first input that is not a weight."""
@@ -462,14 +475,24 @@ class Int8Quantizer:
         """The quantizable ops, the first to keep fp32 first: lowest signal to quantization
         noise of their activation input for the values they read and write (module
         docstring)."""
+        return self.ranking_by_input_sqnr(errors, self.values_converted)
+
+    def ranking_by_input_sqnr(
+        self, errors: dict[str, dict[str, float]], cost: Callable[[onnx.NodeProto], float]
+    ) -> list[str]:
+        """The quantizable ops by the signal to quantization noise (dB) of their activation
+        input plus 10 log10 of ``cost(op)``, lowest first; ops whose input has no figure left
+        out."""
         scored = []
         for node in self.candidates:
-            activation = self.activation_input(node)
-            sqnr = errors.get(activation, {}).get("qdq_err")
+            sqnr = errors.get(self.activation_input(node), {}).get("qdq_err")
             if sqnr is not None:
-                values = self.values(activation) + self.values(node.output[0])
-                scored.append((sqnr + 10 * math.log10(max(values, 1)), node.name))
+                scored.append((sqnr + 10 * math.log10(max(cost(node), 1)), node.name))
         return [name for _, name in sorted(scored)]
+
+    def values_converted(self, node: onnx.NodeProto) -> int:
+        """Values per image ``node`` reads and writes: what keeping it fp32 converts."""
+        return self.values(self.activation_input(node)) + self.values(node.output[0])
 
 
 class _BatchReader:
@@ -555,20 +578,6 @@ def weight_names(model: onnx.ModelProto) -> set[str]:
     return names | {
         out for node in model.graph.node if node.op_type == "Constant" for out in node.output
     }
-
-
-def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
-    """Per-image shapes of the model's tensors that shape inference knows (symbolic dimensions,
-    the batch, count as 1)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {}
-    values = [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
-    for value in values:
-        dims = value.type.tensor_type.shape.dim
-        shapes[value.name] = [dim.dim_value if dim.HasField("dim_value") else 1 for dim in dims]
-    for init in inferred.graph.initializer:
-        shapes[init.name] = list(init.dims)
-    return shapes
 
 
 def embed_file(path: Path, images: np.ndarray) -> np.ndarray:

@@ -21,11 +21,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance
+from rich.console import Console
 from sklearn.datasets import load_sample_images
 
 # Astronaut Eileen Collins, Chelsea the cat, a cup of coffee, a SpaceX rocket, a motorcycle (left
@@ -150,3 +153,23 @@ def _corpus_image(
 
     spread = int(rng.integers(-QUALITY_SPREAD, QUALITY_SPREAD + 1))
     return image, int(np.clip(quality + spread, 1, 100))
+
+
+def rows_over_photos(
+    archs: Sequence[str],
+    rows_of: Callable[[str, Path, Path], list[dict]],
+    console: Console,
+    what: str,
+    count: int,
+) -> list[dict]:
+    """``rows_of(arch, folder, photos)`` for each of ``archs``, all in one temporary ``folder``
+    holding a corpus of ``count`` photo crops (``photos``), under a status line saying
+    ``what`` is being measured."""
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = Path(tmp) / "photos"
+        make_corpus(photos, count=count)
+        for arch in archs:
+            with console.status(f"{arch}: {what}"):
+                rows += rows_of(arch, Path(tmp), photos)
+    return rows

@@ -25,6 +25,14 @@ def random_init_checkpoint(arch: str, size: int, path: Path) -> Path:
     )
 
 
+def random_batchnorm_checkpoint(arch: str, path: Path) -> Path:
+    """A featx checkpoint of ``arch`` at random initialisation (seed 0) with trained-looking
+    BatchNorm statistics (randomize_batchnorm): the int8 benchmarks' stand-in for a trained
+    model, where no weights can be downloaded."""
+    torch.manual_seed(0)
+    return save_checkpoint(path, randomize_batchnorm(get_extractor(arch).build_model()), arch)
+
+
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Gives every BatchNorm non-trivial statistics and affine parameters.
 
